@@ -43,7 +43,8 @@ struct ModelConfig {
   double rope_theta = 10000.0;
   RopeScaling rope_scaling;
   bool tie_word_embeddings = false;
-  bool attention_bias = false;  // q/k/v projection biases (Qwen2 always; Llama if attention_bias)
+  bool attention_bias = false;  // q/k/v projection biases (Qwen2 always; Llama/Qwen3 if attention_bias)
+  bool o_proj_bias = false;     // o_proj bias (Llama/Qwen3 if attention_bias; never Qwen2)
   bool qk_norm = false;         // Qwen3
   std::optional<int> bos_token_id;
   std::vector<int> eos_token_ids;  // union of config.json and generation_config.json

