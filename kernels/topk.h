@@ -1,0 +1,51 @@
+// Row-wise top-k: the k largest scores of each row, as positions. The selection step of every
+// sparse-attention policy (token scores of the oracle and of the KV selector, page scores of Quest).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/kernel_types.h"
+
+namespace asyncspade::kernels {
+
+// The order both implementations select by: larger value first; equal values (−0 == +0) by lower
+// position. NaN and −inf are never selected: −inf is how the scoring kernels mark positions that
+// are attended anyway (sinks, recent window, past the end), and NaN has no rank.
+//
+// Shapes: `scores` is [rows, row_stride] fp32; row r holds `lengths[r]` scores (clamped to
+// [0, max_len]), or `max_len` when `lengths` is null; max_len ≤ row_stride. `indices` is [rows, k]:
+// the positions of the row's k largest scores; a row with fewer than k selectable scores returns all
+// of them and pads with −1. `values` ([rows, k], may be null) gets the score of each returned
+// position (−inf for padding).
+
+namespace cpu {
+
+// Reference: nth_element + sort per row. Within a row, the output is sorted by the order above.
+void TopK(const float* scores, int rows, int64_t row_stride, const int32_t* lengths, int max_len,
+          int k, int32_t* indices, float* values);
+
+}  // namespace cpu
+
+namespace cuda {
+
+// Device workspace the launcher needs (bytes, 256-byte aligned pointer). Currently 0: every row is
+// selected by one CTA that keeps its histograms in shared memory; call it anyway, so that a future
+// multi-CTA schedule for very long rows does not change the callers.
+size_t TopKWorkspaceBytes(int rows, int max_len, int k);
+
+// One CTA (1024 threads) per row: radix select over the order-preserving uint32 image of the fp32
+// scores (three histogram passes of 11, 11 and 10 bits), then one gather pass. Rows of up to 32768
+// scores stay in registers after a single read; longer rows are re-read from global memory on every
+// pass. The kernel variant depends only on `max_len` (a host value), so the launch can be captured
+// in a CUDA graph while `lengths` and the scores change between replays.
+//
+// Returns exactly the set the CPU reference returns (ties included), in unspecified order within a
+// row. Device pointers: scores, lengths (optional), indices, values (optional). cudaErrorInvalidValue
+// for negative sizes, row_stride < max_len, or missing pointers; no allocation, no synchronisation.
+cudaError_t TopK(const float* scores, int rows, int64_t row_stride, const int32_t* lengths,
+                 int max_len, int k, int32_t* indices, float* values, void* workspace,
+                 size_t workspace_bytes, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace asyncspade::kernels

@@ -1,0 +1,152 @@
+// CUDA TopK against the CPU reference: the selected sets must be identical (ties included, both
+// break them by lower position), and every returned value must be the score at its position.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "kernels/topk.h"
+#include "tests/gpu/model_kernels_gpu_util.h"
+#include "tests/unit/kernels/kernel_test_util.h"
+
+namespace asyncspade::kernels {
+namespace {
+
+using testing::DeviceBuffer;
+
+enum class Fill { kRandom, kFewLevels, kWithExcluded };
+
+struct Case {
+  std::string name;
+  int rows, max_len, k;
+  int64_t row_stride;
+  bool with_lengths;
+  Fill fill;
+};
+
+std::vector<float> MakeScores(const Case& c, uint32_t seed) {
+  std::vector<float> scores = testing::RandomFloats(size_t(c.rows) * c.row_stride, seed, 0.001f, 8.0f);
+  std::mt19937 rng(seed + 1);
+  if (c.fill == Fill::kFewLevels) {
+    // Seven distinct values: the k-th score sits inside a long run of ties spanning many stripes.
+    std::uniform_int_distribution<int> level(0, 6);
+    for (float& x : scores) x = 0.25f * level(rng) - 0.5f;
+  } else if (c.fill == Fill::kWithExcluded) {
+    // −inf (sinks / recent window), NaN and ±0 sprinkled in; some rows are mostly excluded, so they
+    // hold fewer than k selectable scores.
+    std::uniform_int_distribution<int> kind(0, 9);
+    for (int r = 0; r < c.rows; ++r) {
+      const bool sparse_row = r % 2 == 1;
+      for (int j = 0; j < c.max_len; ++j) {
+        float& x = scores[size_t(r) * c.row_stride + j];
+        const int t = kind(rng);
+        if (sparse_row ? t != 0 : t == 0) x = -std::numeric_limits<float>::infinity();
+        if (t == 1) x = std::numeric_limits<float>::quiet_NaN();
+        if (t == 2) x = (j % 2) ? 0.0f : -0.0f;
+      }
+    }
+  }
+  // Past max_len, inside the stride: huge values that must never be selected.
+  for (int r = 0; r < c.rows; ++r) {
+    for (int64_t j = c.max_len; j < c.row_stride; ++j) scores[size_t(r) * c.row_stride + j] = 1e30f;
+  }
+  return scores;
+}
+
+void RunCase(const Case& c, uint32_t seed) {
+  SCOPED_TRACE(c.name);
+  const std::vector<float> scores = MakeScores(c, seed);
+  std::vector<int32_t> lengths = testing::RandomIds(c.rows, c.max_len + 1, seed + 2);
+  if (c.with_lengths) {
+    lengths[0] = c.max_len;
+    if (c.rows > 2) lengths[2] = std::min(c.k / 2, c.max_len);  // a row shorter than k
+  }
+  const int32_t* host_lengths = c.with_lengths ? lengths.data() : nullptr;
+
+  std::vector<int32_t> ref_indices(size_t(c.rows) * c.k);
+  cpu::TopK(scores.data(), c.rows, c.row_stride, host_lengths, c.max_len, c.k, ref_indices.data(), nullptr);
+
+  DeviceBuffer<float> d_scores, d_values(size_t(c.rows) * c.k);
+  DeviceBuffer<int32_t> d_lengths, d_indices(size_t(c.rows) * c.k);
+  d_scores.Upload(scores);
+  d_lengths.Upload(lengths);
+  const size_t workspace_bytes = cuda::TopKWorkspaceBytes(c.rows, c.max_len, c.k);
+  DeviceBuffer<char> workspace(workspace_bytes);
+  ASSERT_CUDA_OK(cuda::TopK(d_scores.get(), c.rows, c.row_stride, c.with_lengths ? d_lengths.get() : nullptr,
+                            c.max_len, c.k, d_indices.get(), d_values.get(), workspace.get(), workspace_bytes,
+                            nullptr));
+  ASSERT_CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<int32_t> indices = d_indices.Download();
+  const std::vector<float> values = d_values.Download();
+
+  int mismatched_rows = 0;
+  for (int r = 0; r < c.rows; ++r) {
+    const auto row_begin = size_t(r) * c.k;
+    std::multiset<int32_t> expected(ref_indices.begin() + row_begin, ref_indices.begin() + row_begin + c.k);
+    std::multiset<int32_t> got(indices.begin() + row_begin, indices.begin() + row_begin + c.k);
+    if (got != expected) {
+      if (++mismatched_rows <= 3) ADD_FAILURE() << "row " << r << ": selected set differs from the CPU reference";
+      continue;
+    }
+    for (int i = 0; i < c.k; ++i) {
+      const int32_t j = indices[row_begin + i];
+      const float expected_value = j >= 0 ? scores[size_t(r) * c.row_stride + j] : -std::numeric_limits<float>::infinity();
+      if (!(values[row_begin + i] == expected_value)) {
+        ADD_FAILURE() << "row " << r << " slot " << i << " position " << j << ": value " << values[row_begin + i]
+                      << ", score " << expected_value;
+        break;
+      }
+    }
+  }
+  std::printf("[ gpu ] topk %-28s rows=%d len=%d k=%d: %s\n", c.name.c_str(), c.rows, c.max_len, c.k,
+              mismatched_rows == 0 ? "PASS (sets identical to CPU)" : "FAIL");
+  EXPECT_EQ(mismatched_rows, 0);
+}
+
+class TopKGpuTest : public ::testing::Test {
+ protected:
+  void SetUp() override { SKIP_WITHOUT_CUDA_DEVICE(); }
+};
+
+TEST_F(TopKGpuTest, RegisterResidentRows) {
+  RunCase({"4K rows (4 items/thread)", 16, 4096, 256, 4096, false, Fill::kRandom}, 1);
+  RunCase({"8K rows, lengths", 8, 8000, 1000, 8003, true, Fill::kRandom}, 2);
+  RunCase({"16K rows", 4, 16384, 2048, 16384, true, Fill::kRandom}, 3);
+  RunCase({"32K rows", 4, 32768, 2048, 32768, false, Fill::kRandom}, 4);
+}
+
+TEST_F(TopKGpuTest, RowsLongerThanRegistersAreReReadFromMemory) {
+  RunCase({"40K rows, k=4096", 2, 40000, 4096, 40000, true, Fill::kRandom}, 5);
+  RunCase({"128K rows", 2, 131072, 2048, 131072, false, Fill::kRandom}, 6);
+}
+
+TEST_F(TopKGpuTest, TiesAreBrokenByLowerPosition) {
+  RunCase({"ties, registers", 8, 5000, 777, 5000, true, Fill::kFewLevels}, 7);
+  RunCase({"ties, memory", 2, 50000, 3000, 50000, false, Fill::kFewLevels}, 8);
+}
+
+TEST_F(TopKGpuTest, ExcludedScoresAndShortRowsArePadded) {
+  RunCase({"-inf/NaN/+-0, registers", 6, 3000, 512, 3010, true, Fill::kWithExcluded}, 9);
+  RunCase({"-inf/NaN/+-0, memory", 4, 40000, 4096, 40000, false, Fill::kWithExcluded}, 10);
+  RunCase({"k > len", 5, 100, 300, 100, true, Fill::kRandom}, 11);
+}
+
+TEST_F(TopKGpuTest, SelectorShapeOfTheBenchmark) {
+  // The target shape: B·Hkv = 256 rows of 32K scores, k = 2048.
+  RunCase({"256 x 32K, k=2048", 256, 32768, 2048, 32768, false, Fill::kRandom}, 12);
+}
+
+TEST_F(TopKGpuTest, RejectsInvalidArguments) {
+  EXPECT_EQ(cuda::TopK(nullptr, 1, 10, nullptr, 10, 5, nullptr, nullptr, nullptr, 0, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::TopK(nullptr, 1, 5, nullptr, 10, 5, nullptr, nullptr, nullptr, 0, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::TopK(nullptr, 0, 10, nullptr, 10, 5, nullptr, nullptr, nullptr, 0, nullptr), cudaSuccess);
+}
+
+}  // namespace
+}  // namespace asyncspade::kernels
