@@ -6,6 +6,17 @@
 
 struct CUstream_st;
 using cudaStream_t = CUstream_st*;
+// bf16 storage type of the CUDA launchers (cuda_bf16.h defines it as this struct).
+struct __nv_bfloat16;
+// cudaError_t is an enum without a fixed underlying type, so it cannot be forward-declared in a way
+// compatible with the runtime's definition: use the runtime's header where the toolkit is on the
+// include path (every CUDA target), a stand-in elsewhere (CPU-only code never calls a launcher).
+#if __has_include(<driver_types.h>)
+#include <driver_types.h>
+#else
+enum cudaError : int;
+using cudaError_t = cudaError;
+#endif
 
 namespace asyncspade::kernels {
 

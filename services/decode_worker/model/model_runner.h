@@ -1,0 +1,67 @@
+// The model forward as the engine sees it: one ragged batch of sequences in (prefill chunks and
+// decode tokens mixed), logits out. Implementations: CpuModelRunner (the fp32 reference) and, with
+// CUDA, a GPU runner with the same KV-cache bookkeeping.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "common/model_config.h"
+#include "kernels/kernel_types.h"
+
+namespace asyncspade {
+
+// Which logits rows a sequence wants back from a forward.
+enum class LogitsWanted {
+  kNone,  // a prefill chunk that does not reach the end of what is known
+  kLast,  // the next-token distribution (decode, last prefill chunk)
+  kAll,   // every new position (teacher-forced scoring, prompt logits)
+};
+
+struct ForwardSequence {
+  int64_t sequence_id = 0;             // stable per sequence: policies may keep state by it
+  absl::Span<const int32_t> tokens;    // the new tokens, at least one
+  int start_position = 0;              // tokens of this sequence already in the KV cache
+  absl::Span<const int32_t> block_table;  // must cover start_position + tokens.size() tokens
+  LogitsWanted logits = LogitsWanted::kLast;
+};
+
+struct ForwardBatch {
+  std::vector<ForwardSequence> sequences;
+};
+
+struct ForwardOutput {
+  int vocab_size = 0;
+  // [num_rows, vocab_size], the rows of sequence b are row_offsets[b] .. row_offsets[b+1]
+  // (none for kNone, one for kLast, tokens.size() for kAll).
+  std::vector<float> logits;
+  std::vector<int32_t> row_offsets;
+
+  int num_rows(int seq) const { return row_offsets[seq + 1] - row_offsets[seq]; }
+  const float* row(int seq, int i) const {
+    return logits.data() + (int64_t{row_offsets[seq]} + i) * vocab_size;
+  }
+  // The last row of a sequence that asked for kLast or kAll.
+  const float* last_row(int seq) const { return row(seq, num_rows(seq) - 1); }
+};
+
+class ModelRunner {
+ public:
+  virtual ~ModelRunner() = default;
+  virtual const ModelConfig& config() const = 0;
+  // The geometry of the KV storage the runner owns (num_blocks, page_size): the engine's
+  // KvCacheManager hands out block ids in [0, num_blocks).
+  virtual const kernels::PagedKvLayout& kv_layout() const = 0;
+  // Appends the new tokens' keys/values to the cache and computes the requested logits. An
+  // invalid batch (token out of vocabulary, block table too short, ...) is INVALID_ARGUMENT and
+  // leaves the cache of the batch's sequences unspecified.
+  virtual absl::Status Forward(const ForwardBatch& batch, ForwardOutput* output) = 0;
+  // The engine freed the sequence's KV blocks (finished, aborted or preempted): per-sequence state
+  // kept by the runner or its attention policy can go. A preempted sequence comes back later under
+  // the same id with start_position 0.
+  virtual void ReleaseSequence(int64_t sequence_id) {}
+};
+
+}  // namespace asyncspade
