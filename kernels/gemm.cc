@@ -1,7 +1,9 @@
 #include "kernels/gemm.h"
 
 #include <cblas.h>
+#include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -36,6 +38,16 @@ std::string BlasCoreAdvice() {
   return absl::StrCat("OpenBLAS uses its generic '", core, "' kernels on this CPU, which supports ",
                       better == std::string("SkylakeX") ? "AVX-512" : "AVX2", "; export OPENBLAS_CORETYPE=", better,
                       " for several times faster CPU inference");
+}
+
+void ReexecWithTunedBlasIfNeeded(char** argv) {
+  if (std::getenv("OPENBLAS_CORETYPE") != nullptr || std::getenv("ASYNCSPADE_BLAS_REEXEC") != nullptr) return;
+  if (BlasCoreAdvice().empty()) return;
+  const char* better = __builtin_cpu_supports("avx512f") ? "SkylakeX" : "Haswell";
+  setenv("OPENBLAS_CORETYPE", better, /*overwrite=*/0);
+  setenv("ASYNCSPADE_BLAS_REEXEC", "1", 0);  // never loop, even if the core stays generic
+  execv("/proc/self/exe", argv);
+  // execv failed: carry on with the generic kernels (BlasCoreAdvice() tells the user).
 }
 
 }  // namespace asyncspade::kernels::cpu

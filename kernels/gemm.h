@@ -21,6 +21,14 @@ void Linear(const float* x, const float* w, const float* bias, int m, int n, int
 // are ~4x slower than its AVX-512 ones; OPENBLAS_CORETYPE must be set before the process starts.
 std::string BlasCoreAdvice();
 
+// Debian's OpenBLAS picks its core at load time and misdetects some CPUs (several times slower
+// generic kernels). When that happened and OPENBLAS_CORETYPE is unset, this sets it for the CPU
+// and re-executes the current program (argv unchanged), so every process of ours runs tuned BLAS
+// without the user exporting anything. Call it first thing in main(); it returns when no re-exec
+// is needed (or possible).
+void ReexecWithTunedBlasIfNeeded(char** argv);
+
+
 }  // namespace cpu
 
 namespace cuda {

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "glog/logging.h"
+#include "kernels/gemm.h"
 #include "tools/cli/commands.h"
 
 namespace asyncspade::cli {
@@ -15,6 +16,7 @@ std::vector<Command>& CommandRegistry() {
 }  // namespace asyncspade::cli
 
 int main(int argc, char** argv) {
+  asyncspade::kernels::cpu::ReexecWithTunedBlasIfNeeded(argv);
   google::InitGoogleLogging(argv[0]);
   FLAGS_logtostderr = true;
   FLAGS_minloglevel = 1;  // warnings and errors only, unless ASYNCSPADE_VERBOSE is set
