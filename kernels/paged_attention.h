@@ -39,11 +39,15 @@ namespace cuda {
 struct DecodeAttentionPlan {
   int num_splits = 1;      // CTAs per (sequence, KV head); 1 = no combine step, no workspace
   int keys_per_split = 0;  // a multiple of 64 (one CTA step); split s covers keys from s * this
+  // The per-step math on tensor cores (mma.sync, the group's heads as the rows of a 16-row tile)
+  // instead of CUDA-core dot products: same results up to rounding, far fewer instructions per
+  // byte for large groups. PlanDecodeAttention enables it for groups of 4 or more.
+  bool use_tensor_cores = false;
 };
 
-// Chooses the split for `num_seqs` decode queries of up to `max_kv_len` keys so the grid fills
-// the current device in one wave. Queries the device (SM count, occupancy): call it when the batch
-// shape changes, not per step.
+// Chooses the variant and the split for `num_seqs` decode queries of up to `max_kv_len` keys so
+// the grid fills the current device in one wave. Queries the device (SM count, occupancy): call it
+// when the batch shape changes, not per step.
 cudaError_t PlanDecodeAttention(int num_seqs, int num_q_heads, int num_kv_heads, int head_dim,
                                 int max_kv_len, DecodeAttentionPlan* plan);
 // Device workspace PagedDecodeAttention needs for `plan` (0 when num_splits == 1).

@@ -1,6 +1,7 @@
 // Benchmark of the dense paged attention kernels on Qwen3-8B heads (Hq 32, Hkv 8, d 128, pages of
 // 16 tokens scattered over the cache by a shuffled block table, random bf16 data):
-//   decode  — bytes moved (K + V of every sequence, plus q and out), TB/s, floor = bytes / 4.28 TB/s
+//   decode  — both per-step variants (tensor cores, CUDA cores): bytes moved (K + V of every
+//             sequence, plus q and out), TB/s, floor = bytes / 4.28 TB/s
 //   prefill — one causal prompt, tensor-core kernel, TFLOP/s (4 · Hq · d · causal pairs)
 // Default shapes are the targets (B·N ≥ 256K); --quick runs small ones. Prints a table; --json FILE
 // writes the same numbers. Every CUDA call is checked; a failure prints FAIL and exits 1.
@@ -58,7 +59,10 @@ struct PagedCache {
   }
 };
 
-BenchRow BenchDecode(Timer& timer, const BenchFlags& flags, int num_seqs, int kv_len) {
+// `tensor_cores`: the per-step math variant (the split is what PlanDecodeAttention chose; both
+// variants use the same shared memory, hence the same occupancy and split).
+BenchRow BenchDecode(Timer& timer, const BenchFlags& flags, int num_seqs, int kv_len,
+                     bool tensor_cores) {
   PagedCache cache(num_seqs, kv_len, 1000 + num_seqs);
   const size_t q_elems = size_t{1} * num_seqs * kNumQHeads * kHeadDim;
   __nv_bfloat16* q = DeviceAlloc<__nv_bfloat16>(q_elems);
@@ -67,6 +71,8 @@ BenchRow BenchDecode(Timer& timer, const BenchFlags& flags, int num_seqs, int kv
   kernels::cuda::DecodeAttentionPlan plan;
   BENCH_CHECK_CUDA(kernels::cuda::PlanDecodeAttention(num_seqs, kNumQHeads, kNumKvHeads,
                                                       kHeadDim, kv_len, &plan));
+  const bool planned_tensor_cores = plan.use_tensor_cores;
+  plan.use_tensor_cores = tensor_cores;
   const size_t workspace_bytes =
       kernels::cuda::DecodeAttentionWorkspaceBytes(plan, num_seqs, kNumQHeads, kHeadDim);
   char* workspace = DeviceAlloc<char>(workspace_bytes);
@@ -79,15 +85,18 @@ BenchRow BenchDecode(Timer& timer, const BenchFlags& flags, int num_seqs, int kv
       },
       flags.warmup, flags.reps);
   BenchRow row;
-  row.kernel = "decode_attention";
+  row.kernel = tensor_cores ? "decode_attention_tensor_core" : "decode_attention_cuda_core";
+  const bool planned = tensor_cores == planned_tensor_cores;
   row.shape = "B=" + std::to_string(num_seqs) + " N=" + std::to_string(kv_len) +
-              " Hq=32 Hkv=8 d=128 splits=" + std::to_string(plan.num_splits);
+              " Hq=32 Hkv=8 d=128 splits=" + std::to_string(plan.num_splits) + (planned ? " *" : "");
   row.micros = micros;
   row.bytes = 2.0 * num_seqs * static_cast<double>(kv_len) * kNumKvHeads * kHeadDim * 2.0 +  // K and V
               2.0 * q_elems * 2.0;                                               // q and out
   row.extra = "\"num_seqs\": " + std::to_string(num_seqs) + ", \"kv_len\": " +
               std::to_string(kv_len) + ", \"num_splits\": " + std::to_string(plan.num_splits) +
-              ", \"keys_per_split\": " + std::to_string(plan.keys_per_split);
+              ", \"keys_per_split\": " + std::to_string(plan.keys_per_split) +
+              ", \"tensor_cores\": " + (tensor_cores ? "true" : "false") +
+              ", \"planned_variant\": " + (planned ? "true" : "false");
   cudaFree(q);
   cudaFree(out);
   cudaFree(workspace);
@@ -151,9 +160,12 @@ int main(int argc, char** argv) {
                   : std::vector<std::pair<int, int>>{
                         {16, 32768}, {1, 262144}, {64, 4096}, {32, 8192}, {128, 2048}};
   for (const auto& [num_seqs, kv_len] : decode_shapes) {
-    rows.push_back(BenchDecode(timer, flags, num_seqs, kv_len));
-    PrintRow(rows.back());
+    for (const bool tensor_cores : {true, false}) {
+      rows.push_back(BenchDecode(timer, flags, num_seqs, kv_len, tensor_cores));
+      PrintRow(rows.back());
+    }
   }
+  std::printf("(* = the variant PlanDecodeAttention picks for this shape)\n");
   const std::vector<int> prompts =
       flags.quick ? std::vector<int>{2048} : std::vector<int>{4096, 32768};
   for (int prompt_len : prompts) {

@@ -1,0 +1,109 @@
+#include "kernels/bf16_utils.cuh"
+#include "kernels/rope.h"
+
+namespace asyncspade::kernels::cuda {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kMaxHalf = 256;  // head_dim ≤ 512
+
+// One CTA per token: the token's cos/sin table is built once in shared memory, then each warp
+// takes whole heads (q heads first, then k heads). Lane l handles the rotation pairs
+// (i, i + half) for i = l, l + 32, ...; with kNorm the head is first RMS-normalised (Qwen3 q/k
+// norm), which needs the whole head in one warp, hence the warp-per-head split.
+template <bool kNorm>
+__global__ void RopeKernel(__nv_bfloat16* q, __nv_bfloat16* k,
+                           const __nv_bfloat16* __restrict__ q_norm_weight,
+                           const __nv_bfloat16* __restrict__ k_norm_weight, float eps,
+                           const int32_t* __restrict__ positions, int num_q_heads,
+                           int num_kv_heads, int head_dim, const float* __restrict__ inv_freq) {
+  __shared__ float cos_table[kMaxHalf];
+  __shared__ float sin_table[kMaxHalf];
+  const int64_t token = blockIdx.x;
+  const int half = head_dim / 2;
+  // Same fp32 rounding of the angle as the CPU reference (and HF's fp32 inv_freq @ positions).
+  const float position = static_cast<float>(positions[token]);
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    float s, c;
+    sincosf(position * inv_freq[i], &s, &c);
+    cos_table[i] = c;
+    sin_table[i] = s;
+  }
+  __syncthreads();
+
+  const int lane = threadIdx.x & 31;
+  const int num_warps = blockDim.x >> 5;
+  const int q_heads = q != nullptr ? num_q_heads : 0;
+  const int k_heads = k != nullptr ? num_kv_heads : 0;
+  for (int head = threadIdx.x >> 5; head < q_heads + k_heads; head += num_warps) {
+    const bool is_q = head < q_heads;
+    __nv_bfloat16* x = is_q ? q + (token * num_q_heads + head) * head_dim
+                            : k + (token * num_kv_heads + (head - q_heads)) * head_dim;
+    float inv_rms = 1.0f;
+    const __nv_bfloat16* norm_weight = is_q ? q_norm_weight : k_norm_weight;
+    if constexpr (kNorm) {
+      float sum_squares = 0.0f;
+      for (int i = lane; i < half; i += 32) {
+        const float x1 = __bfloat162float(x[i]);
+        const float x2 = __bfloat162float(x[i + half]);
+        sum_squares += x1 * x1 + x2 * x2;
+      }
+      sum_squares = detail::WarpSum(sum_squares);
+      inv_rms = 1.0f / sqrtf(sum_squares / static_cast<float>(head_dim) + eps);
+    }
+    for (int i = lane; i < half; i += 32) {
+      float x1 = __bfloat162float(x[i]);
+      float x2 = __bfloat162float(x[i + half]);
+      if constexpr (kNorm) {
+        x1 = x1 * inv_rms * __bfloat162float(norm_weight[i]);
+        x2 = x2 * inv_rms * __bfloat162float(norm_weight[i + half]);
+      }
+      const float c = cos_table[i];
+      const float s = sin_table[i];
+      x[i] = __float2bfloat16_rn(x1 * c - x2 * s);
+      x[i + half] = __float2bfloat16_rn(x2 * c + x1 * s);
+    }
+  }
+}
+
+cudaError_t CheckRopeShape(int num_tokens, int num_q_heads, int num_kv_heads, int head_dim) {
+  if (num_tokens < 0 || num_q_heads < 0 || num_kv_heads < 0) return cudaErrorInvalidValue;
+  if (head_dim <= 0 || head_dim % 2 != 0 || head_dim / 2 > kMaxHalf) return cudaErrorInvalidValue;
+  return cudaSuccess;
+}
+
+}  // namespace
+
+cudaError_t Rope(__nv_bfloat16* q, __nv_bfloat16* k, const int32_t* positions, int num_tokens,
+                 int num_q_heads, int num_kv_heads, int head_dim, const float* inv_freq,
+                 cudaStream_t stream) {
+  if (cudaError_t e = CheckRopeShape(num_tokens, num_q_heads, num_kv_heads, head_dim);
+      e != cudaSuccess) {
+    return e;
+  }
+  if (num_tokens == 0 || (q == nullptr && k == nullptr)) return cudaSuccess;
+  RopeKernel<false><<<num_tokens, kThreads, 0, stream>>>(q, k, nullptr, nullptr, 0.0f, positions,
+                                                         num_q_heads, num_kv_heads, head_dim,
+                                                         inv_freq);
+  return cudaGetLastError();
+}
+
+cudaError_t QkNormRope(__nv_bfloat16* q, __nv_bfloat16* k, const __nv_bfloat16* q_norm_weight,
+                       const __nv_bfloat16* k_norm_weight, float eps, const int32_t* positions,
+                       int num_tokens, int num_q_heads, int num_kv_heads, int head_dim,
+                       const float* inv_freq, cudaStream_t stream) {
+  if (cudaError_t e = CheckRopeShape(num_tokens, num_q_heads, num_kv_heads, head_dim);
+      e != cudaSuccess) {
+    return e;
+  }
+  if ((q != nullptr && q_norm_weight == nullptr) || (k != nullptr && k_norm_weight == nullptr)) {
+    return cudaErrorInvalidValue;
+  }
+  if (num_tokens == 0 || (q == nullptr && k == nullptr)) return cudaSuccess;
+  RopeKernel<true><<<num_tokens, kThreads, 0, stream>>>(q, k, q_norm_weight, k_norm_weight, eps,
+                                                        positions, num_q_heads, num_kv_heads,
+                                                        head_dim, inv_freq);
+  return cudaGetLastError();
+}
+
+}  // namespace asyncspade::kernels::cuda
