@@ -31,8 +31,8 @@ if ((${#missing[@]})); then
 fi
 
 python=${PYTHON:-python3}
-pip_packages=(numpy gguf tokenizers openai grpcio grpcio-tools grpcio-health-checking safetensors)
-if ! "$python" -c "import numpy, gguf, tokenizers, openai, grpc, grpc_tools, grpc_health, safetensors" 2>/dev/null; then
+pip_packages=(numpy gguf tokenizers openai grpcio grpcio-tools grpcio-health-checking safetensors prometheus-client)
+if ! "$python" -c "import numpy, gguf, tokenizers, openai, grpc, grpc_tools, grpc_health, safetensors, prometheus_client" 2>/dev/null; then
   echo "setup: installing Python packages: ${pip_packages[*]}"
   "$python" -m pip install -q --disable-pip-version-check "${pip_packages[@]}" ||
     "$python" -m pip install -q --disable-pip-version-check --break-system-packages "${pip_packages[@]}"
