@@ -44,6 +44,13 @@ void ScoreKeys(const float* queries, int num_seqs, int num_q_heads, const int32_
 
 }  // namespace cpu
 
+// Which CUDA implementation ScoreKeys runs (the benchmark times both).
+enum class KeyScoringAlgorithm : uint8_t {
+  kAuto,         // kPipelined for head_dim 64 / 128, else kRowFragment
+  kPipelined,    // cp.async pipeline per warp, block-table entries loaded a step ahead
+  kRowFragment,  // the first implementation: plain 16-byte loads, one step of look-ahead
+};
+
 namespace cuda {
 
 // Bytes of device workspace ScoreKeys needs: 0 for kSum and kMax; for kSoftmaxSum the per-chunk
@@ -51,18 +58,23 @@ namespace cuda {
 size_t ScoreKeysWorkspaceBytes(int num_seqs, int num_q_heads, int max_len,
                                GroupAggregation aggregation);
 
-// bf16 queries and keys, fp32 arithmetic and fp32 scores. One CTA per (512-key chunk, KV head,
-// sequence); within a warp, 8 lanes (fewer for d < 64) share one key row with 16-byte loads and the
-// whole group's queries stay in registers, so each key is read once for all G heads. kSoftmaxSum
-// runs two launches (chunk statistics, then normalised sums; keys are read twice).
-// Supports head_dim ∈ {8, 64, 128} and G ≤ 8; k_cache and queries 16-byte aligned.
-// cudaErrorInvalidValue otherwise or for inconsistent sizes / a too-small workspace.
+// bf16 queries and keys, fp32 arithmetic and fp32 scores; each key is read once for all G heads
+// (the group's queries stay in registers). kPipelined (kAuto's choice for head_dim 64 / 128): one
+// CTA of 4 warps per (1024-key chunk, KV head, sequence); each warp streams 16-key steps through a
+// 4-stage cp.async pipeline, the block-table entries loaded a step ahead, the G dot products
+// reduced with a reduce-scatter across the row's lanes, one coalesced 64-byte store per step.
+// kRowFragment (head_dim 8, and selectable for comparison): one CTA per 512-key chunk, 8 lanes
+// per key row with plain 16-byte loads. kSoftmaxSum runs two launches (chunk statistics, then
+// normalised sums; keys are read twice). Supports head_dim ∈ {8, 64, 128} and G ≤ 8; k_cache and
+// queries 16-byte aligned. cudaErrorInvalidValue otherwise (including kPipelined asked for
+// head_dim 8) or for inconsistent sizes / a too-small workspace.
 cudaError_t ScoreKeys(const __nv_bfloat16* queries, int num_seqs, int num_q_heads,
                       const int32_t* kv_lens, int max_len, const int32_t* block_table,
                       int max_blocks_per_seq, const PagedKvLayout& layout,
                       const __nv_bfloat16* k_cache, const KeyScoringParams& params, float* scores,
                       int64_t score_row_stride, void* workspace, size_t workspace_bytes,
-                      cudaStream_t stream);
+                      cudaStream_t stream,
+                      KeyScoringAlgorithm algorithm = KeyScoringAlgorithm::kAuto);
 
 }  // namespace cuda
 }  // namespace asyncspade::kernels

@@ -1,5 +1,7 @@
 #include <algorithm>
+#include <atomic>
 
+#include "kernels/bf16_utils.cuh"
 #include "kernels/cuda_utils.cuh"
 #include "kernels/quest.h"
 
@@ -155,6 +157,236 @@ cudaError_t DispatchScoreGroup(const PageScoreArgs& a, int num_seqs, cudaStream_
   return LaunchScore<kHeadDim, 8>(a, num_seqs, stream);
 }
 
+// ---- Page scoring, pipelined (kPipelined) ----------------------------------------------------------
+//
+// Key scoring's pipelined scheme on the pages' bounds: one CTA of 4 warps per (512-page chunk, KV
+// head, sequence); warp w takes the 16-page steps w, w + 4, ... and streams each page's min and max
+// rows through a private 3-stage cp.async pipeline (8 KB per stage at head_dim 128); the block-table
+// entry of each page is loaded one step ahead of its copy (lane l looks after page l % 16). A lane
+// holds 8 dims of one page's bounds and computes the G partial bounds Σ max(q·min, q·max) over them;
+// a reduce-scatter across the row's lanes completes them, the step's G × 16 bounds pass through
+// shared memory, lanes 0–15 aggregate one page each and store 16 consecutive scores.
+namespace pipelined {
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr int kPagesPerWarpStep = 16;
+constexpr int kStages = 3;
+constexpr int kChunkPages = 512;
+static_assert(kChunkPages % (kWarps * kPagesPerWarpStep) == 0, "chunks are whole CTA steps");
+
+constexpr int Log2(int x) { return x <= 1 ? 0 : 1 + Log2(x / 2); }
+constexpr int TrailingZeros(int x) { return (x & 1) != 0 ? 0 : 1 + TrailingZeros(x >> 1); }
+
+// pred ? a : b through PTX selp (a C++ select of array elements can send the array to local memory).
+__device__ __forceinline__ float SelectFloat(bool pred, float a, float b) {
+  float result;
+  asm("{\n\t.reg .pred p;\n\tsetp.ne.u32 p, %3, 0;\n\tselp.f32 %0, %1, %2, p;\n\t}"
+      : "=f"(result)
+      : "f"(a), "f"(b), "r"(static_cast<uint32_t>(pred)));
+  return result;
+}
+
+// Sums kN values per lane over groups of kLanes consecutive lanes: reduce-scatter while kN can be
+// halved (one shuffle per value moved), then all-reduce. Afterwards vals[0, kOut) are the complete
+// sums of entries [base, base + kOut) of the original array, `base` being the return value.
+template <int kN, int kLanes>
+struct ReduceScatter {
+  static constexpr int kScatterSteps = Log2(kLanes) < TrailingZeros(kN) ? Log2(kLanes) : TrailingZeros(kN);
+  static constexpr int kOut = kN >> kScatterSteps;
+
+  __device__ __forceinline__ static int Run(float (&vals)[kN], int lane) {
+    int base = 0;
+    Scatter<0>(vals, lane, base);
+#pragma unroll
+    for (int offset = kLanes >> (kScatterSteps + 1); offset > 0; offset >>= 1) {
+#pragma unroll
+      for (int i = 0; i < kOut; ++i) vals[i] += __shfl_xor_sync(selection::kFullMask, vals[i], offset);
+    }
+    return base;
+  }
+
+ private:
+  template <int kStep>
+  __device__ __forceinline__ static void Scatter(float (&vals)[kN], int lane, int& base) {
+    if constexpr (kStep < kScatterSteps) {
+      constexpr int kOffset = kLanes >> (kStep + 1);
+      constexpr int kHalf = kN >> (kStep + 1);
+      const bool upper = (lane & kOffset) != 0;
+#pragma unroll
+      for (int i = 0; i < kHalf; ++i) {
+        const float send = SelectFloat(upper, vals[i], vals[i + kHalf]);
+        const float keep = SelectFloat(upper, vals[i + kHalf], vals[i]);
+        vals[i] = keep + __shfl_xor_sync(selection::kFullMask, send, kOffset);
+      }
+      if (upper) base += kHalf;
+      Scatter<kStep + 1>(vals, lane, base);
+    }
+  }
+};
+
+template <int kHeadDim>
+struct Traits {
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "head_dim 64 or 128");
+  static constexpr int kLanesPerPage = kHeadDim / 8;
+  static constexpr int kPagesPerLoad = 32 / kLanesPerPage;
+  static constexpr int kLoadsPerStep = kPagesPerWarpStep / kPagesPerLoad;
+  static constexpr int kStageVecs = 2 * kLoadsPerStep * 32;  // min pieces, then max pieces
+  static constexpr size_t kSmemBytes = size_t{kWarps} * kStages * kStageVecs * sizeof(uint4);
+};
+
+// Query heads g ≥ a.group of the kMaxGroup template slots have zero queries and are ignored.
+template <int kHeadDim, int kMaxGroup>
+__global__ void __launch_bounds__(kThreads) PipelinedQuestScoreKernel(const PageScoreArgs a) {
+  using T = Traits<kHeadDim>;
+  constexpr int kGroup = kMaxGroup;
+  using Reduce = ReduceScatter<T::kLoadsPerStep * kGroup, T::kLanesPerPage>;
+  constexpr int kHeld = Reduce::kOut;
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ float tile[kWarps][kPagesPerWarpStep][kGroup + 1];  // one step's bounds; +1 spreads banks
+
+  const int chunk = blockIdx.x;
+  const int h = blockIdx.y;
+  const int b = blockIdx.z;
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int sub = lane % T::kLanesPerPage;
+  const int page_lane = lane / T::kLanesPerPage;
+  const int group = a.group;
+  const int page_size = a.layout.page_size;
+  const int kv_len = max(a.kv_lens[b], 0);
+  const int num_pages = min(CeilDiv(kv_len, page_size), a.max_pages);
+  const int chunk_begin = chunk * kChunkPages;
+  const int chunk_end = min(chunk_begin + kChunkPages, a.max_pages);
+  const int page_end = min(chunk_end, num_pages);  // pages [chunk_begin, page_end) are read
+  float* row = a.page_scores + (int64_t{b} * a.layout.num_kv_heads + h) * a.row_stride;
+
+  for (int p = max(page_end, chunk_begin) + threadIdx.x; p < chunk_end; p += kThreads) row[p] = -INFINITY;
+  if (chunk_begin >= page_end) return;
+
+  float q_reg[kGroup][8];
+  const __nv_bfloat16* q_group = a.queries + (int64_t{b} * a.num_q_heads + int64_t{h} * group) * kHeadDim;
+#pragma unroll
+  for (int g = 0; g < kGroup; ++g) {
+    if (g < group) {
+      selection::LoadBf16x8(q_group + g * kHeadDim + sub * 8, q_reg[g]);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) q_reg[g][e] = 0.0f;
+    }
+  }
+
+  uint4* staging = reinterpret_cast<uint4*>(smem) + warp * kStages * T::kStageVecs;
+  const int32_t* blocks = a.block_table + int64_t{b} * a.max_blocks_per_seq;
+  const int num_steps = (page_end - chunk_begin + kPagesPerWarpStep - 1) / kPagesPerWarpStep;
+  const int my_steps = num_steps > warp ? (num_steps - warp + kWarps - 1) / kWarps : 0;
+  const auto step_page0 = [&](int i) { return chunk_begin + (warp + i * kWarps) * kPagesPerWarpStep; };
+  // Metadata row (in units of 2 * head_dim elements) of page lane % 16 of step i; 0 past the end.
+  const auto bounds_row_of = [&](int i) -> int64_t {
+    const int p = step_page0(i) + (lane & (kPagesPerWarpStep - 1));
+    if (i >= my_steps || p >= page_end) return 0;
+    return int64_t{blocks[p]} * a.layout.num_kv_heads + h;
+  };
+  int64_t row_cur = bounds_row_of(0);  // before issue(i): the metadata row of step i
+  const auto issue = [&](int i) {
+    if (i < my_steps) {  // warp-uniform
+      const int page0 = step_page0(i);
+      uint4* stage = staging + (i % kStages) * T::kStageVecs;
+#pragma unroll
+      for (int j = 0; j < T::kLoadsPerStep; ++j) {
+        const int page_in_step = j * T::kPagesPerLoad + page_lane;
+        const int64_t bounds_row = __shfl_sync(selection::kFullMask, row_cur, page_in_step);
+        const bool valid = page0 + page_in_step < page_end;
+        const __nv_bfloat16* bounds = a.metadata + bounds_row * 2 * kHeadDim + sub * 8;
+        detail::CpAsync16(stage + j * 32 + lane, bounds, valid);
+        detail::CpAsync16(stage + (T::kLoadsPerStep + j) * 32 + lane, bounds + kHeadDim, valid);
+      }
+    }
+    detail::CpAsyncCommit();  // empty groups keep the group count uniform
+    row_cur = bounds_row_of(i + 1);
+  };
+
+#pragma unroll
+  for (int i = 0; i < kStages - 1; ++i) issue(i);
+
+  for (int i = 0; i < my_steps; ++i) {
+    __syncwarp();  // every lane has finished reading `tile` and the stage about to be refilled
+    issue(i + kStages - 1);
+    detail::CpAsyncWait<kStages - 1>();  // step i's group has landed
+    const uint4* stage = staging + (i % kStages) * T::kStageVecs;
+
+    float bounds[T::kLoadsPerStep * kGroup];
+#pragma unroll
+    for (int j = 0; j < T::kLoadsPerStep; ++j) {
+      float lo[8], hi[8];
+      detail::UnpackBf16x8(stage[j * 32 + lane], lo);
+      detail::UnpackBf16x8(stage[(T::kLoadsPerStep + j) * 32 + lane], hi);
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) {
+        float bound = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) bound += fmaxf(q_reg[g][e] * lo[e], q_reg[g][e] * hi[e]);
+        bounds[j * kGroup + g] = bound;
+      }
+    }
+    const int base = Reduce::Run(bounds, lane);
+#pragma unroll
+    for (int c = 0; c < kHeld; ++c) {
+      const int f = base + c;
+      tile[warp][(f / kGroup) * T::kPagesPerLoad + page_lane][f % kGroup] = bounds[c];
+    }
+    __syncwarp();
+
+    const int p = step_page0(i) + lane;
+    if (lane < kPagesPerWarpStep && p < page_end) {
+      float value = a.aggregate_max ? -INFINITY : 0.0f;
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) {
+        const float bound = tile[warp][lane][g];
+        if (g < group) value = a.aggregate_max ? fmaxf(value, bound) : value + bound;
+      }
+      const int first = p * page_size;
+      const int end = min(first + page_size, kv_len);
+      const bool scored = end > a.sinks && first < kv_len - a.recent;
+      row[p] = scored ? value : -INFINITY;
+    }
+  }
+  detail::CpAsyncWait<0>();
+}
+
+// Dynamic shared memory above 48 KB is opt-in per kernel and device; done once per device.
+template <int kHeadDim, int kMaxGroup>
+cudaError_t EnsureSharedMemoryConfigured() {
+  static std::atomic<uint64_t> configured_devices{0};
+  int device = 0;
+  if (cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
+  const uint64_t bit = device < 64 ? (uint64_t{1} << device) : 0;
+  if (bit != 0 && (configured_devices.load(std::memory_order_acquire) & bit) != 0) return cudaSuccess;
+  const cudaError_t e = cudaFuncSetAttribute(PipelinedQuestScoreKernel<kHeadDim, kMaxGroup>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(Traits<kHeadDim>::kSmemBytes));
+  if (e == cudaSuccess) configured_devices.fetch_or(bit, std::memory_order_acq_rel);
+  return e;
+}
+
+template <int kHeadDim, int kMaxGroup>
+cudaError_t Launch(const PageScoreArgs& a, int num_seqs, cudaStream_t stream) {
+  if (cudaError_t e = EnsureSharedMemoryConfigured<kHeadDim, kMaxGroup>(); e != cudaSuccess) return e;
+  const dim3 grid(CeilDiv(a.max_pages, kChunkPages), a.layout.num_kv_heads, num_seqs);
+  PipelinedQuestScoreKernel<kHeadDim, kMaxGroup><<<grid, kThreads, Traits<kHeadDim>::kSmemBytes, stream>>>(a);
+  return cudaGetLastError();
+}
+
+template <int kHeadDim>
+cudaError_t DispatchPipelined(const PageScoreArgs& a, int num_seqs, cudaStream_t stream) {
+  if (a.group <= 1) return Launch<kHeadDim, 1>(a, num_seqs, stream);
+  if (a.group <= 2) return Launch<kHeadDim, 2>(a, num_seqs, stream);
+  if (a.group <= 4) return Launch<kHeadDim, 4>(a, num_seqs, stream);
+  return Launch<kHeadDim, 8>(a, num_seqs, stream);
+}
+
+}  // namespace pipelined
+
 // --- Page expansion ---------------------------------------------------------------------------
 
 __global__ void QuestExpandKernel(const int32_t* __restrict__ pages, int num_kv_heads, int pages_per_row,
@@ -205,7 +437,8 @@ cudaError_t QuestUpdateMetadata(const __nv_bfloat16* k_cache, const PagedKvLayou
 cudaError_t QuestScorePages(const __nv_bfloat16* queries, int num_seqs, int num_q_heads, const int32_t* kv_lens,
                             const int32_t* block_table, int max_blocks_per_seq, const PagedKvLayout& layout,
                             const __nv_bfloat16* metadata, const QuestScoringParams& params, float* page_scores,
-                            int max_pages, int64_t row_stride, cudaStream_t stream) {
+                            int max_pages, int64_t row_stride, cudaStream_t stream,
+                            KeyScoringAlgorithm algorithm) {
   const int d = layout.head_dim;
   if (num_seqs < 0 || num_seqs > 65535 || max_pages < 0 || row_stride < max_pages) return cudaErrorInvalidValue;
   if (num_seqs == 0 || max_pages == 0) return cudaSuccess;
@@ -234,6 +467,13 @@ cudaError_t QuestScorePages(const __nv_bfloat16* queries, int num_seqs, int num_
   a.page_scores = page_scores;
   a.max_pages = max_pages;
   a.row_stride = row_stride;
+  // The pipelined kernel needs head_dim 64 or 128; kAuto takes it whenever it can.
+  const bool pipelined_supported = d == 64 || d == 128;
+  if (algorithm == KeyScoringAlgorithm::kPipelined && !pipelined_supported) return cudaErrorInvalidValue;
+  if (algorithm != KeyScoringAlgorithm::kRowFragment && pipelined_supported) {
+    return d == 64 ? pipelined::DispatchPipelined<64>(a, num_seqs, stream)
+                   : pipelined::DispatchPipelined<128>(a, num_seqs, stream);
+  }
   switch (d) {
     case 8: return DispatchScoreGroup<8>(a, num_seqs, stream);
     case 64: return DispatchScoreGroup<64>(a, num_seqs, stream);

@@ -64,13 +64,17 @@ cudaError_t QuestUpdateMetadata(const __nv_bfloat16* k_cache, const PagedKvLayou
                                 void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 // fp32 page scores from bf16 queries and metadata; head_dim ∈ {8, 64, 128}, G ≤ 8,
-// aggregation kSum or kMax.
+// aggregation kSum or kMax. kPipelined (kAuto's choice for head_dim 64 / 128): key scoring's
+// pipelined scheme on the pages' min and max rows (one CTA of 4 warps per 512-page chunk, 16-page
+// steps through a 3-stage cp.async pipeline per warp, block-table entries a step ahead);
+// kRowFragment: the first implementation (8 lanes per row, plain loads), also used for head_dim 8.
 cudaError_t QuestScorePages(const __nv_bfloat16* queries, int num_seqs, int num_q_heads,
                             const int32_t* kv_lens, const int32_t* block_table,
                             int max_blocks_per_seq, const PagedKvLayout& layout,
                             const __nv_bfloat16* metadata, const QuestScoringParams& params,
                             float* page_scores, int max_pages, int64_t row_stride,
-                            cudaStream_t stream);
+                            cudaStream_t stream,
+                            KeyScoringAlgorithm algorithm = KeyScoringAlgorithm::kAuto);
 
 cudaError_t QuestExpandPages(const int32_t* pages, int num_seqs, int num_kv_heads,
                              int pages_per_row, const int32_t* kv_lens, int page_size,

@@ -38,6 +38,13 @@ void SparseAttention(const float* q, int num_seqs, int num_q_heads, const int32_
 
 }  // namespace cpu
 
+// Which CUDA implementation SparseAttention runs (the benchmark times both).
+enum class SparseAttentionAlgorithm : uint8_t {
+  kAuto,     // kGather where supported, else kChunked
+  kGather,   // pipelined gather, split only when needed
+  kChunked,  // the first implementation: 256-entry chunks and a combine launch
+};
+
 namespace cuda {
 
 // Same lists as the CPU (identical content and order). One CTA per (b, h).
@@ -46,22 +53,28 @@ cudaError_t BuildSparseIndices(const int32_t* selected, int num_seqs, int num_kv
                                int32_t* indices, int max_indices, int32_t* counts,
                                cudaStream_t stream);
 
-// Bytes of fp32 workspace (256-byte aligned, as cudaMalloc returns) for the per-chunk partial
+// Bytes of fp32 workspace (256-byte aligned, as cudaMalloc returns) for the per-split partial
 // results of SparseAttention: about num_seqs * num_q_heads * ceil(max_indices / 256) * (d + 2) * 4.
 size_t SparseAttentionWorkspaceBytes(int num_seqs, int num_q_heads, int head_dim, int max_indices);
 
-// bf16 q, caches and out; fp32 arithmetic. Split-KV: the index list of each (b, h) is cut into
-// chunks of 256 positions, one CTA per (chunk, h, b). A CTA gathers each K row once for the whole
-// query group (8 lanes per 256-byte row with 16-byte loads), keeps scores in shared memory, then
-// gathers each V row once (16 lanes per row) into per-warp accumulators; a second launch merges the
-// chunks' (max, sum, unnormalised output) per query head. head_dim ∈ {8, 64, 128}, G ≤ 8;
-// caches and q 16-byte aligned. cudaErrorInvalidValue otherwise or for a too-small workspace.
+// bf16 q, caches and out; fp32 arithmetic. kGather (kAuto's choice for head_dim 64 / 128): one
+// CTA of 4 warps per (split of the list, KV head, sequence), each warp streaming 16-entry steps
+// of K and V rows through a 3-stage cp.async pipeline with the rows' cache addresses resolved
+// ahead (list entry two steps ahead, block-table entry one step ahead), online softmax, one K/V
+// read for the whole query group; splits only when the lists do not fill a wave of CTAs, and then
+// a combine launch merges them. kChunked (head_dim 8, and selectable for comparison): lists cut
+// into chunks of 256 entries, one 256-thread CTA per (chunk, h, b) with scores in shared memory,
+// always followed by the combine launch. head_dim ∈ {8, 64, 128}, G ≤ 8; caches 16-byte aligned
+// (and q for kGather). cudaErrorInvalidValue otherwise (including kGather asked for head_dim 8)
+// or for a too-small workspace. The plan depends only on host values, so launches can be captured
+// in a CUDA graph.
 cudaError_t SparseAttention(const __nv_bfloat16* q, int num_seqs, int num_q_heads,
                             const int32_t* indices, const int32_t* counts, int max_indices,
                             const int32_t* block_table, int max_blocks_per_seq,
                             const PagedKvLayout& layout, const __nv_bfloat16* k_cache,
                             const __nv_bfloat16* v_cache, float scale, __nv_bfloat16* out,
-                            void* workspace, size_t workspace_bytes, cudaStream_t stream);
+                            void* workspace, size_t workspace_bytes, cudaStream_t stream,
+                            SparseAttentionAlgorithm algorithm = SparseAttentionAlgorithm::kAuto);
 
 }  // namespace cuda
 }  // namespace asyncspade::kernels

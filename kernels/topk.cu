@@ -1,3 +1,5 @@
+#include <algorithm>
+#include <atomic>
 #include <cub/block/block_scan.cuh>
 
 #include "kernels/cuda_utils.cuh"
@@ -9,27 +11,6 @@ namespace {
 using selection::kFullMask;
 using selection::kNegInfKey;
 using selection::OrderedKey;
-
-constexpr int kThreads = 1024;
-constexpr int kMaxBins = 2048;
-// Rows up to kThreads * kMaxItemsInRegisters positions are read once into registers.
-constexpr int kMaxItemsInRegisters = 32;
-
-// The radix digits, most significant first: 11 + 11 + 10 bits of the 32-bit key.
-__host__ __device__ constexpr int PassShift(int pass) { return pass == 0 ? 21 : pass == 1 ? 10 : 0; }
-__host__ __device__ constexpr int PassBits(int pass) { return pass == 2 ? 10 : 11; }
-
-using BlockScan = cub::BlockScan<int, kThreads>;
-
-struct TopKShared {
-  int hist[kMaxBins];
-  BlockScan::TempStorage scan;
-  int selectable;   // positions of the row whose key is above kNegInfKey
-  int digit;        // the digit chosen by the current pass
-  int remaining;    // how many of the k must still come from the chosen bin
-  int bin_count;    // population of the chosen bin
-  int next_slot;    // output slots handed out so far (positions strictly above the threshold)
-};
 
 __device__ __forceinline__ int LaneId() { return threadIdx.x & 31; }
 
@@ -53,12 +34,54 @@ __device__ __forceinline__ int TakeSlot(int* counter, bool active) {
   return active ? base + __popc(ballot & lower_lanes) : -1;
 }
 
+// `n` consecutive slots for every lane (lanes in order), one shared atomic per warp; returns the
+// lane's first slot. Every lane of the warp must call it.
+__device__ __forceinline__ int WarpReserve(int* counter, int n) {
+  if (!__any_sync(kFullMask, n != 0)) return 0;
+  const int lane = LaneId();
+  int inclusive = n;
+#pragma unroll
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    const int other = __shfl_up_sync(kFullMask, inclusive, offset);
+    if (lane >= offset) inclusive += other;
+  }
+  int base = 0;
+  if (lane == 31) base = atomicAdd(counter, inclusive);
+  base = __shfl_sync(kFullMask, base, 31);
+  return base + inclusive - n;
+}
+
+// ---- The first implementation: radix select with the row in registers ------------------------
+
+namespace register_radix {
+
+constexpr int kThreads = 1024;
+constexpr int kMaxBins = 2048;
+// Rows up to kThreads * kMaxItemsInRegisters positions are read once into registers.
+constexpr int kMaxItemsInRegisters = 32;
+
+// The radix digits, most significant first: 11 + 11 + 10 bits of the 32-bit key.
+__host__ __device__ constexpr int PassShift(int pass) { return pass == 0 ? 21 : pass == 1 ? 10 : 0; }
+__host__ __device__ constexpr int PassBits(int pass) { return pass == 2 ? 10 : 11; }
+
+using BlockScan = cub::BlockScan<int, kThreads>;
+
+struct TopKShared {
+  int hist[kMaxBins];
+  BlockScan::TempStorage scan;
+  int selectable;   // positions of the row whose key is above kNegInfKey
+  int digit;        // the digit chosen by the current pass
+  int remaining;    // how many of the k must still come from the chosen bin
+  int bin_count;    // population of the chosen bin
+  int next_slot;    // output slots handed out so far (positions strictly above the threshold)
+};
+
 // One CTA per row. kItems > 0: the row (at most kItems * kThreads positions) is read once into
 // registers, striped (item i of thread t is position i * kThreads + t); kItems == 0: every pass
 // re-reads it from global memory in the same striped order.
 template <int kItems>
 __global__ void __launch_bounds__(kThreads, 1)
-    TopKKernel(const float* __restrict__ scores, int64_t row_stride, const int32_t* __restrict__ lengths,
+    RegisterRadixTopKKernel(const float* __restrict__ scores, int64_t row_stride, const int32_t* __restrict__ lengths,
                int max_len, int k, int32_t* __restrict__ indices, float* __restrict__ values) {
   __shared__ TopKShared sh;
   const int tid = threadIdx.x;
@@ -198,32 +221,398 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 template <int kItems>
-cudaError_t Launch(const float* scores, int rows, int64_t row_stride, const int32_t* lengths, int max_len,
-                   int k, int32_t* indices, float* values, cudaStream_t stream) {
-  TopKKernel<kItems><<<rows, kThreads, 0, stream>>>(scores, row_stride, lengths, max_len, k, indices, values);
+cudaError_t LaunchItems(const float* scores, int rows, int64_t row_stride, const int32_t* lengths, int max_len,
+                        int k, int32_t* indices, float* values, cudaStream_t stream) {
+  RegisterRadixTopKKernel<kItems><<<rows, kThreads, 0, stream>>>(scores, row_stride, lengths, max_len, k, indices, values);
   return cudaGetLastError();
 }
 
+cudaError_t Launch(const float* scores, int rows, int64_t row_stride, const int32_t* lengths, int max_len, int k,
+                   int32_t* indices, float* values, cudaStream_t stream) {
+  if (max_len <= 4 * kThreads) return LaunchItems<4>(scores, rows, row_stride, lengths, max_len, k, indices, values, stream);
+  if (max_len <= 8 * kThreads) return LaunchItems<8>(scores, rows, row_stride, lengths, max_len, k, indices, values, stream);
+  if (max_len <= 16 * kThreads) {
+    return LaunchItems<16>(scores, rows, row_stride, lengths, max_len, k, indices, values, stream);
+  }
+  if (max_len <= kMaxItemsInRegisters * kThreads) {
+    return LaunchItems<kMaxItemsInRegisters>(scores, rows, row_stride, lengths, max_len, k, indices, values, stream);
+  }
+  return LaunchItems<0>(scores, rows, row_stride, lengths, max_len, k, indices, values, stream);
+}
+
+}  // namespace register_radix
+
+// ---- Streaming: one histogram pass over HBM, one re-read (L2), the rest on chip ---------------
+//
+// (1) Histogram of the top 12 bits of every selectable key (plain shared atomics: 4096 bins spread
+//     same-warp collisions enough that warp aggregation costs more than it saves). The bin holding
+//     the k-th largest key is the "top bin".
+// (2) Re-read the row (it is still in L2): keys above the top bin are selected at once; the top
+//     bin's keys are counted by their next 10 bits and, when they fit (`capacity`), stored with
+//     their positions in shared memory.
+// (3), (4) Two more 10-bit digits over the stored candidates (or, when the top bin overflowed
+//     shared memory, over the row re-read with the top-bin filter) give the exact key of the k-th
+//     largest score, selecting everything above it on the way.
+// (5) When only some of the keys equal to that threshold are needed, the lowest positions win:
+//     an ordered block scan over the row, stopping as soon as enough ties are found.
+// Slots are reserved with one shared atomic per warp and batch, so the output order within a row
+// is arbitrary; the set is exactly the CPU reference's.
+namespace streaming {
+
+// Many rows (more than SMs): 512 threads, two CTAs per SM. Few rows: 1024 threads, one CTA per SM,
+// so that a CTA keeps twice as many loads in flight.
+constexpr int kThreadsManyRows = 512;
+constexpr int kThreadsFewRows = 1024;
+constexpr int kVecsPerThread = 4;  // float4 loads in flight per thread and batch
+constexpr int kBatch = 4 * kVecsPerThread;
+constexpr int kTopShift = 20;  // digit 1: key bits 31..20
+constexpr int kTopBins = 4096;
+constexpr int kLowBits = 10;  // digits 2 and 3: bits 19..10 and 9..0
+constexpr int kLowBins = 1 << kLowBits;
+constexpr uint32_t kLowMask = kLowBins - 1;
+// Candidate capacity (8 bytes each): with many rows two CTAs share an SM (64 KB each); with at most
+// one row per SM a CTA may take most of the SM's shared memory.
+constexpr int kCandidatesManyRows = 8192;
+constexpr int kCandidatesFewRows = 24576;
+
+template <int kThreads>
+struct Shared {
+  using BlockScan = cub::BlockScan<int, kThreads>;
+  int hist[kTopBins];
+  typename BlockScan::TempStorage scan;
+  int digit;           // the bin chosen by the last SelectBin
+  int remaining;       // how many of the k must still come from that bin
+  int bin_count;       // population of that bin
+  int total;           // population of all bins
+  int next_slot;       // output slots handed out so far
+  int num_candidates;  // top-bin keys stored in shared memory
+};
+
+// The bin holding the `remaining`-th largest counted key, scanning from the top bin (thread t owns
+// bins kBins-1-t*kPerThread downwards). Ends with a barrier; hist may be overwritten afterwards.
+template <int kThreads, int kBins>
+__device__ __forceinline__ void SelectBin(Shared<kThreads>& sh, int remaining) {
+  constexpr int kPerThread = kBins / kThreads;
+  static_assert(kPerThread * kThreads == kBins, "bins tile the threads");
+  const int top = kBins - 1 - static_cast<int>(threadIdx.x) * kPerThread;
+  int counts[kPerThread];
+  int sum = 0;
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) {
+    counts[i] = sh.hist[top - i];
+    sum += counts[i];
+  }
+  int above = 0;
+  int total = 0;
+  typename Shared<kThreads>::BlockScan(sh.scan).ExclusiveSum(sum, above, total);
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) {
+    if (above < remaining && remaining <= above + counts[i]) {
+      sh.digit = top - i;
+      sh.remaining = remaining - above;
+      sh.bin_count = counts[i];
+    }
+    above += counts[i];
+  }
+  if (threadIdx.x == 0) sh.total = total;
+  __syncthreads();
+}
+
+// Walks the `len` scores at `in` in batches: every thread calls visit(x, valid, first, stride) the
+// same number of times, so `visit` may use warp collectives. Item i of a batch is the score at
+// position first + (i / 4) * stride + i % 4, present when bit i of `valid` is set. The body is read
+// as aligned float4s (kVecsPerThread per thread in flight); the unaligned head and the tail (at most
+// 3 + 3 scores) come first, as item 0 of one batch.
+template <int kThreads, typename Visit>
+__device__ __forceinline__ void ForEachBatch(const float* __restrict__ in, int len, Visit&& visit) {
+  const int misaligned = static_cast<int>((reinterpret_cast<uintptr_t>(in) >> 2) & 3);
+  const int head = min(len, (4 - misaligned) & 3);
+  const int num_vecs = (len - head) >> 2;
+  const int tail_begin = head + 4 * num_vecs;
+  const int leftovers = head + (len - tail_begin);
+  if (leftovers > 0) {  // the same in every thread
+    float x[kBatch];
+#pragma unroll
+    for (int i = 0; i < kBatch; ++i) x[i] = 0.0f;
+    uint32_t valid = 0;
+    int first = 0;
+    const int t = static_cast<int>(threadIdx.x);
+    if (t < leftovers) {
+      first = t < head ? t : tail_begin + (t - head);
+      x[0] = in[first];
+      valid = 1;
+    }
+    visit(x, valid, first, 0);
+  }
+  const float4* vecs = reinterpret_cast<const float4*>(in + head);
+  for (int v0 = 0; v0 < num_vecs; v0 += kThreads * kVecsPerThread) {
+    float x[kBatch];
+    uint32_t valid = 0;
+#pragma unroll
+    for (int u = 0; u < kVecsPerThread; ++u) {
+      const int v = v0 + u * kThreads + static_cast<int>(threadIdx.x);
+      float4 f = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (v < num_vecs) {
+        f = vecs[v];
+        valid |= 0xfu << (4 * u);
+      }
+      x[4 * u] = f.x;
+      x[4 * u + 1] = f.y;
+      x[4 * u + 2] = f.z;
+      x[4 * u + 3] = f.w;
+    }
+    visit(x, valid, head + 4 * (v0 + static_cast<int>(threadIdx.x)), 4 * kThreads);
+  }
+}
+
+__device__ __forceinline__ int ItemPosition(int first, int stride, int i) { return first + (i >> 2) * stride + (i & 3); }
+
+template <int kThreads, int kMinBlocksPerSm>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    StreamingTopKKernel(const float* __restrict__ scores, int64_t row_stride, const int32_t* __restrict__ lengths,
+                        int max_len, int k, int capacity, int32_t* __restrict__ indices, float* __restrict__ values) {
+  __shared__ Shared<kThreads> sh;
+  extern __shared__ uint2 candidates[];  // (key, position) of the top bin's scores
+  const int tid = static_cast<int>(threadIdx.x);
+  const float* in = scores + int64_t{blockIdx.x} * row_stride;
+  const int len = lengths != nullptr ? min(max(lengths[blockIdx.x], 0), max_len) : max_len;
+  int32_t* out_indices = indices + int64_t{blockIdx.x} * k;
+  float* out_values = values != nullptr ? values + int64_t{blockIdx.x} * k : nullptr;
+  const auto emit = [&](int slot, int position, float value) {
+    out_indices[slot] = position;
+    if (out_values != nullptr) out_values[slot] = value;
+  };
+  const auto emit_from_memory = [&](int slot, int position) {
+    out_indices[slot] = position;
+    if (out_values != nullptr) out_values[slot] = in[position];
+  };
+
+  for (int b = tid; b < kTopBins; b += kThreads) sh.hist[b] = 0;
+  if (tid == 0) {
+    sh.next_slot = 0;
+    sh.num_candidates = 0;
+  }
+  __syncthreads();
+
+  // (1) Histogram of the top 12 bits of the selectable keys (NaN and −inf have bins < 8, below
+  // every finite score's, and are not counted).
+  ForEachBatch<kThreads>(in, len, [&](const float(&x)[kBatch], uint32_t valid, int, int) {
+#pragma unroll
+    for (int i = 0; i < kBatch; ++i) {
+      if ((valid >> i) & 1u) {
+        const uint32_t key = OrderedKey(x[i]);
+        if (key > kNegInfKey) atomicAdd(&sh.hist[key >> kTopShift], 1);
+      }
+    }
+  });
+  __syncthreads();
+  SelectBin<kThreads, kTopBins>(sh, k);
+
+  if (sh.total <= k) {
+    // Every selectable score is selected; the rest of the row's k slots are padding.
+    const int total = sh.total;
+    ForEachBatch<kThreads>(in, len, [&](const float(&x)[kBatch], uint32_t valid, int first, int stride) {
+      uint32_t take = 0;
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        if (((valid >> i) & 1u) && OrderedKey(x[i]) > kNegInfKey) take |= 1u << i;
+      }
+      int slot = WarpReserve(&sh.next_slot, __popc(take));
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        if ((take >> i) & 1u) emit(slot++, ItemPosition(first, stride, i), x[i]);
+      }
+    });
+    for (int i = total + tid; i < k; i += kThreads) emit(i, -1, -INFINITY);
+    return;
+  }
+
+  const uint32_t top_bin = static_cast<uint32_t>(sh.digit);  // ≥ 8: it holds selectable keys
+  int remaining = sh.remaining;
+  const bool buffered = sh.bin_count <= capacity;
+  for (int b = tid; b < kLowBins; b += kThreads) sh.hist[b] = 0;  // SelectBin ended with a barrier
+  __syncthreads();
+
+  // (2) Keys above the top bin are selected; the top bin's are counted by digit 2 and stored.
+  ForEachBatch<kThreads>(in, len, [&](const float(&x)[kBatch], uint32_t valid, int first, int stride) {
+    uint32_t above = 0;
+    uint32_t in_bin = 0;
+#pragma unroll
+    for (int i = 0; i < kBatch; ++i) {
+      if ((valid >> i) & 1u) {
+        const uint32_t key = OrderedKey(x[i]);
+        const uint32_t bin = key >> kTopShift;
+        if (bin > top_bin) {
+          above |= 1u << i;
+        } else if (bin == top_bin) {
+          in_bin |= 1u << i;
+          atomicAdd(&sh.hist[(key >> kLowBits) & kLowMask], 1);
+        }
+      }
+    }
+    int slot = WarpReserve(&sh.next_slot, __popc(above));
+#pragma unroll
+    for (int i = 0; i < kBatch; ++i) {
+      if ((above >> i) & 1u) emit(slot++, ItemPosition(first, stride, i), x[i]);
+    }
+    if (buffered) {
+      int c = WarpReserve(&sh.num_candidates, __popc(in_bin));
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        if ((in_bin >> i) & 1u) {
+          // c < capacity always holds (the bin's population was counted in (1)); the guard only
+          // keeps shared memory safe should the scores change under the kernel.
+          if (c < capacity) candidates[c] = make_uint2(OrderedKey(x[i]), static_cast<uint32_t>(ItemPosition(first, stride, i)));
+          ++c;
+        }
+      }
+    }
+  });
+  __syncthreads();
+  SelectBin<kThreads, kLowBins>(sh, remaining);
+  const uint32_t prefix22 = (top_bin << kLowBits) | static_cast<uint32_t>(sh.digit);  // threshold >> 10
+  remaining = sh.remaining;
+  const int num_candidates = min(sh.num_candidates, capacity);
+  for (int b = tid; b < kLowBins; b += kThreads) sh.hist[b] = 0;
+  __syncthreads();
+
+  // visit(valid, key, position) for every key of the top bin (and invalid fillers), the same number
+  // of times in every thread: from shared memory, or re-reading the row when the bin overflowed.
+  const auto for_each_candidate = [&](auto&& visit) {
+    if (buffered) {
+      for (int c0 = 0; c0 < num_candidates; c0 += kThreads) {
+        const int c = c0 + tid;
+        const bool valid = c < num_candidates;
+        const uint2 entry = valid ? candidates[c] : make_uint2(0u, 0u);
+        visit(valid, entry.x, static_cast<int>(entry.y));
+      }
+    } else {
+      ForEachBatch<kThreads>(in, len, [&](const float(&x)[kBatch], uint32_t valid, int first, int stride) {
+#pragma unroll
+        for (int i = 0; i < kBatch; ++i) {
+          const bool present = ((valid >> i) & 1u) != 0;
+          const uint32_t key = present ? OrderedKey(x[i]) : 0u;
+          visit(present && (key >> kTopShift) == top_bin, key, ItemPosition(first, stride, i));
+        }
+      });
+    }
+  };
+
+  // (3) Top-bin keys above digit 2 are selected; those on it are counted by digit 3.
+  for_each_candidate([&](bool valid, uint32_t key, int position) {
+    const uint32_t high = key >> kLowBits;
+    const int slot = TakeSlot(&sh.next_slot, valid && high > prefix22);
+    if (slot >= 0) emit_from_memory(slot, position);
+    if (valid && high == prefix22) atomicAdd(&sh.hist[key & kLowMask], 1);
+  });
+  __syncthreads();
+  SelectBin<kThreads, kLowBins>(sh, remaining);
+  const uint32_t threshold = (prefix22 << kLowBits) | static_cast<uint32_t>(sh.digit);  // the k-th largest key
+  remaining = sh.remaining;  // how many keys equal to the threshold are selected
+  const bool take_all_ties = sh.bin_count == remaining;
+
+  // (4) Keys above the threshold (within prefix22), and the ties when all of them are selected.
+  for_each_candidate([&](bool valid, uint32_t key, int position) {
+    const bool take =
+        valid && (key >> kLowBits) == prefix22 && (key > threshold || (take_all_ties && key == threshold));
+    const int slot = TakeSlot(&sh.next_slot, take);
+    if (slot >= 0) emit_from_memory(slot, position);
+  });
+  if (take_all_ties) return;
+
+  // (5) The first `remaining` ties in position order take slots k − remaining … k − 1. Stripes of
+  // 4 consecutive positions per thread; stops once enough ties are found (uniform condition).
+  using ItemsScan = cub::BlockScan<int, kThreads>;
+  const int above_threshold = k - remaining;
+  int ties_before = 0;  // ties in earlier stripes, the same in every thread
+  for (int base = 0; base < len && ties_before < remaining; base += 4 * kThreads) {
+    int tie[4];
+    int rank[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int j = base + 4 * tid + i;
+      tie[i] = j < len && OrderedKey(in[j]) == threshold ? 1 : 0;
+    }
+    int stripe_ties = 0;
+    ItemsScan(sh.scan).ExclusiveSum(tie, rank, stripe_ties);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      if (tie[i] && ties_before + rank[i] < remaining) emit_from_memory(above_threshold + ties_before + rank[i], base + 4 * tid + i);
+    }
+    ties_before += stripe_ties;
+    __syncthreads();  // sh.scan is reused by the next stripe
+  }
+}
+
+size_t DynamicSmemBytes(int capacity) { return size_t(capacity) * sizeof(uint2); }
+
+// Dynamic shared memory above 48 KB is opt-in per kernel and device; done once per device.
+template <int kThreads, int kMinBlocksPerSm>
+cudaError_t EnsureSharedMemoryConfigured(int capacity) {
+  static std::atomic<uint64_t> configured_devices{0};
+  int device = 0;
+  if (cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
+  const uint64_t bit = device < 64 ? (uint64_t{1} << device) : 0;
+  if (bit != 0 && (configured_devices.load(std::memory_order_acquire) & bit) != 0) return cudaSuccess;
+  const cudaError_t e = cudaFuncSetAttribute(StreamingTopKKernel<kThreads, kMinBlocksPerSm>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(DynamicSmemBytes(capacity)));
+  if (e == cudaSuccess) configured_devices.fetch_or(bit, std::memory_order_acq_rel);
+  return e;
+}
+
+// The current device's SM count, queried once per device (launches may be captured in graphs).
+int MultiprocessorCount() {
+  static std::atomic<int> cached[64] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 132;  // only the kernel shape depends on it
+  if (device >= 0 && device < 64) {
+    if (const int known = cached[device].load(std::memory_order_relaxed); known > 0) return known;
+  }
+  int count = 0;
+  if (cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || count <= 0) return 132;
+  if (device >= 0 && device < 64) cached[device].store(count, std::memory_order_relaxed);
+  return count;
+}
+
+template <int kThreads, int kMinBlocksPerSm>
+cudaError_t LaunchWith(int max_capacity, const float* scores, int rows, int64_t row_stride, const int32_t* lengths,
+                       int max_len, int k, int32_t* indices, float* values, cudaStream_t stream) {
+  if (cudaError_t e = EnsureSharedMemoryConfigured<kThreads, kMinBlocksPerSm>(max_capacity); e != cudaSuccess) {
+    return e;
+  }
+  const int capacity = std::max(32, std::min(max_capacity, (max_len + 31) / 32 * 32));
+  StreamingTopKKernel<kThreads, kMinBlocksPerSm><<<rows, kThreads, DynamicSmemBytes(capacity), stream>>>(
+      scores, row_stride, lengths, max_len, k, capacity, indices, values);
+  return cudaGetLastError();
+}
+
+cudaError_t Launch(const float* scores, int rows, int64_t row_stride, const int32_t* lengths, int max_len, int k,
+                   int32_t* indices, float* values, cudaStream_t stream) {
+  if (rows > MultiprocessorCount()) {
+    return LaunchWith<kThreadsManyRows, 2>(kCandidatesManyRows, scores, rows, row_stride, lengths, max_len, k, indices,
+                                          values, stream);
+  }
+  return LaunchWith<kThreadsFewRows, 1>(kCandidatesFewRows, scores, rows, row_stride, lengths, max_len, k, indices,
+                                        values, stream);
+}
+
+}  // namespace streaming
 }  // namespace
 
 size_t TopKWorkspaceBytes(int rows, int max_len, int k) { return 0; }
 
 cudaError_t TopK(const float* scores, int rows, int64_t row_stride, const int32_t* lengths, int max_len,
                  int k, int32_t* indices, float* values, void* workspace, size_t workspace_bytes,
-                 cudaStream_t stream) {
+                 cudaStream_t stream, TopKAlgorithm algorithm) {
   if (rows < 0 || max_len < 0 || k < 0 || row_stride < max_len) return cudaErrorInvalidValue;
   if (rows == 0 || k == 0) return cudaSuccess;
   if (scores == nullptr || indices == nullptr) return cudaErrorInvalidValue;
   if (workspace_bytes < TopKWorkspaceBytes(rows, max_len, k)) return cudaErrorInvalidValue;
-  if (max_len <= 4 * kThreads) return Launch<4>(scores, rows, row_stride, lengths, max_len, k, indices, values, stream);
-  if (max_len <= 8 * kThreads) return Launch<8>(scores, rows, row_stride, lengths, max_len, k, indices, values, stream);
-  if (max_len <= 16 * kThreads) {
-    return Launch<16>(scores, rows, row_stride, lengths, max_len, k, indices, values, stream);
+  if (algorithm == TopKAlgorithm::kRegisterRadix) {
+    return register_radix::Launch(scores, rows, row_stride, lengths, max_len, k, indices, values, stream);
   }
-  if (max_len <= kMaxItemsInRegisters * kThreads) {
-    return Launch<kMaxItemsInRegisters>(scores, rows, row_stride, lengths, max_len, k, indices, values, stream);
-  }
-  return Launch<0>(scores, rows, row_stride, lengths, max_len, k, indices, values, stream);
+  return streaming::Launch(scores, rows, row_stride, lengths, max_len, k, indices, values, stream);
 }
 
 }  // namespace asyncspade::kernels::cuda

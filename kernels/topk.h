@@ -27,6 +27,13 @@ void TopK(const float* scores, int rows, int64_t row_stride, const int32_t* leng
 
 }  // namespace cpu
 
+// Which CUDA implementation TopK runs (both return the same sets; the benchmark times both).
+enum class TopKAlgorithm : uint8_t {
+  kAuto,           // the default: kStreaming
+  kStreaming,      // histogram pass + one re-read, refinement on chip (see cuda::TopK)
+  kRegisterRadix,  // the first implementation: 1024-thread radix select with the row in registers
+};
+
 namespace cuda {
 
 // Device workspace the launcher needs (bytes, 256-byte aligned pointer). Currently 0: every row is
@@ -34,18 +41,25 @@ namespace cuda {
 // multi-CTA schedule for very long rows does not change the callers.
 size_t TopKWorkspaceBytes(int rows, int max_len, int k);
 
-// One CTA (1024 threads) per row: radix select over the order-preserving uint32 image of the fp32
-// scores (three histogram passes of 11, 11 and 10 bits), then one gather pass. Rows of up to 32768
-// scores stay in registers after a single read; longer rows are re-read from global memory on every
-// pass. The kernel variant depends only on `max_len` (a host value), so the launch can be captured
-// in a CUDA graph while `lengths` and the scores change between replays.
+// One CTA per row. kStreaming (512 threads and two CTAs per SM when rows > SMs, else 1024 threads
+// and one CTA per SM, for more loads in flight per row): (1) one read of the row builds a
+// 4096-bin histogram of the top 12 bits of the order-preserving uint32 image of the scores; (2) a
+// second read (served by L2) selects every score above the bin holding the k-th largest and stores
+// that bin's scores in shared memory (up to 8K of them, 24K when rows ≤ SMs; otherwise later
+// passes re-read the row); two 10-bit digits over the stored scores give the exact k-th largest
+// key; only when some but not all of the scores equal to it are selected does an ordered block
+// scan over the row pick the lowest positions. kRegisterRadix: 1024 threads, three histogram
+// passes (11, 11, 10 bits) with the row in registers up to 32768 scores, re-read beyond. Kernel
+// variants depend only on host values (`max_len`, `rows`), so the launch can be captured in a CUDA
+// graph while `lengths` and the scores change between replays.
 //
 // Returns exactly the set the CPU reference returns (ties included), in unspecified order within a
 // row. Device pointers: scores, lengths (optional), indices, values (optional). cudaErrorInvalidValue
 // for negative sizes, row_stride < max_len, or missing pointers; no allocation, no synchronisation.
 cudaError_t TopK(const float* scores, int rows, int64_t row_stride, const int32_t* lengths,
                  int max_len, int k, int32_t* indices, float* values, void* workspace,
-                 size_t workspace_bytes, cudaStream_t stream);
+                 size_t workspace_bytes, cudaStream_t stream,
+                 TopKAlgorithm algorithm = TopKAlgorithm::kAuto);
 
 }  // namespace cuda
 }  // namespace asyncspade::kernels

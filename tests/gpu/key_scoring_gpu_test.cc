@@ -1,7 +1,9 @@
-// CUDA ScoreKeys against the CPU reference run on the same bf16 values: identical −inf pattern
-// (sinks, recent window, past kv_len), finite scores within bf16 tolerance per row.
+// CUDA ScoreKeys against the CPU reference run on the same bf16 values, for both CUDA algorithms
+// (kPipelined where head_dim allows, and kRowFragment): identical −inf pattern (sinks, recent
+// window, past kv_len), finite scores within bf16 tolerance per row, stride padding untouched.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -55,45 +57,51 @@ void RunCase(const Case& c, uint32_t seed) {
 
   DeviceBuffer<uint16_t> d_q, d_cache;
   DeviceBuffer<int32_t> d_lens, d_table;
-  DeviceBuffer<float> d_scores;
   d_q.Upload(testing::FloatsToBf16(q));
   d_cache.Upload(testing::FloatsToBf16(f.k_cache));
   d_lens.Upload(f.kv_lens);
   d_table.Upload(f.block_table);
-  d_scores.Upload(std::vector<float>(ref.size(), kSentinel));
   const size_t workspace_bytes = cuda::ScoreKeysWorkspaceBytes(num_seqs, c.hq, c.max_len, c.params.aggregation);
   DeviceBuffer<char> workspace(workspace_bytes);
-  ASSERT_CUDA_OK(cuda::ScoreKeys(AsBf16(d_q.get()), num_seqs, c.hq, d_lens.get(), c.max_len, d_table.get(),
-                                 f.max_blocks_per_seq, f.layout, AsBf16(d_cache.get()), c.params, d_scores.get(),
-                                 c.row_stride, workspace.get(), workspace_bytes, nullptr));
-  ASSERT_CUDA_OK(cudaDeviceSynchronize());
-  const std::vector<float> out = d_scores.Download();
+  std::vector<KeyScoringAlgorithm> algorithms = {KeyScoringAlgorithm::kRowFragment};
+  if (c.d == 64 || c.d == 128) algorithms.insert(algorithms.begin(), KeyScoringAlgorithm::kPipelined);
+  for (KeyScoringAlgorithm algorithm : algorithms) {
+    const char* algorithm_name = algorithm == KeyScoringAlgorithm::kPipelined ? "pipelined" : "row_fragment";
+    SCOPED_TRACE(algorithm_name);
+    DeviceBuffer<float> d_scores;
+    d_scores.Upload(std::vector<float>(ref.size(), kSentinel));
+    ASSERT_CUDA_OK(cuda::ScoreKeys(AsBf16(d_q.get()), num_seqs, c.hq, d_lens.get(), c.max_len, d_table.get(),
+                                   f.max_blocks_per_seq, f.layout, AsBf16(d_cache.get()), c.params, d_scores.get(),
+                                   c.row_stride, workspace.get(), workspace_bytes, nullptr, algorithm));
+    ASSERT_CUDA_OK(cudaDeviceSynchronize());
+    const std::vector<float> out = d_scores.Download();
 
-  double worst = 0.0;
-  bool pattern_ok = true;
-  for (int r = 0; r < num_seqs * c.hkv; ++r) {
-    std::vector<float> got, want;
-    for (int64_t j = 0; j < c.row_stride; ++j) {
-      const float o = out[size_t(r) * c.row_stride + j], e = ref[size_t(r) * c.row_stride + j];
-      if (std::isinf(e) || e == kSentinel) {
-        if (!(o == e) && pattern_ok) {
-          ADD_FAILURE() << "row " << r << " position " << j << ": got " << o << ", expected " << e;
-          pattern_ok = false;
+    double worst = 0.0;
+    bool pattern_ok = true;
+    for (int r = 0; r < num_seqs * c.hkv; ++r) {
+      std::vector<float> got, want;
+      for (int64_t j = 0; j < c.row_stride; ++j) {
+        const float o = out[size_t(r) * c.row_stride + j], e = ref[size_t(r) * c.row_stride + j];
+        if (std::isinf(e) || e == kSentinel) {
+          if (!(o == e) && pattern_ok) {
+            ADD_FAILURE() << "row " << r << " position " << j << ": got " << o << ", expected " << e;
+            pattern_ok = false;
+          }
+          continue;
         }
-        continue;
+        got.push_back(o);
+        want.push_back(e);
       }
-      got.push_back(o);
-      want.push_back(e);
+      if (want.empty()) continue;
+      const testing::Comparison cmp = testing::Compare(got, want);
+      EXPECT_EQ(cmp.non_finite, 0u) << "row " << r;
+      EXPECT_LE(cmp.relative_l2, 1e-2) << "row " << r;
+      worst = std::max(worst, cmp.non_finite > 0 ? INFINITY : cmp.relative_l2);
     }
-    if (want.empty()) continue;
-    const testing::Comparison cmp = testing::Compare(got, want);
-    EXPECT_EQ(cmp.non_finite, 0u) << "row " << r;
-    EXPECT_LE(cmp.relative_l2, 1e-2) << "row " << r;
-    worst = std::max(worst, cmp.non_finite > 0 ? INFINITY : cmp.relative_l2);
+    std::printf("[ gpu ] key_scoring %-12s %-34s %-11s G=%d d=%d: worst row rel L2 %.2e, -inf pattern %s\n",
+                algorithm_name, c.name.c_str(), AggregationName(c.params.aggregation), c.hq / c.hkv, c.d, worst,
+                pattern_ok ? "identical" : "DIFFERS");
   }
-  std::printf("[ gpu ] key_scoring %-34s %-11s G=%d d=%d: worst row rel L2 %.2e, -inf pattern %s\n",
-              c.name.c_str(), AggregationName(c.params.aggregation), c.hq / c.hkv, c.d, worst,
-              pattern_ok ? "identical" : "DIFFERS");
 }
 
 KeyScoringParams Params(GroupAggregation aggregation, int sinks, int recent, int d) {
@@ -118,6 +126,16 @@ TEST_F(KeyScoringGpuTest, GroupsOneTwoThreeAndEight) {
   RunCase({"G=3 d=64 (SmolLM2)", 9, 3, 64, 16, {600, 45}, 640, 644, Params(GroupAggregation::kMax, 4, 8, 64)}, 22);
   RunCase({"G=8 d=128 (Qwen3-32B)", 64, 8, 128, 16, {800}, 800, 800, Params(GroupAggregation::kSoftmaxSum, 4, 64, 128)},
           23);
+}
+
+TEST_F(KeyScoringGpuTest, LongRowsAndOddGroups) {
+  // Rows over several 1024-key chunks of kPipelined, lengths not multiples of 16, max_len beyond
+  // every kv_len (whole chunks of −inf), a group of 5 (padded to 8) and of 6.
+  for (GroupAggregation a : {GroupAggregation::kSum, GroupAggregation::kSoftmaxSum}) {
+    RunCase({"3 chunks, G=5 d=128", 10, 2, 128, 16, {3001, 2049, 17}, 4200, 4203, Params(a, 4, 64, 128)}, 50);
+  }
+  RunCase({"G=6 d=64 page 32", 12, 2, 64, 32, {2500, 1023}, 2600, 2600, Params(GroupAggregation::kMax, 2, 5, 64)},
+          51);
 }
 
 TEST_F(KeyScoringGpuTest, SmallHeadDims) {

@@ -1,6 +1,6 @@
 // CUDA Quest kernels against the CPU reference: metadata after prefill + decode appends is
-// identical (min/max of bf16 keys are exact), page scores within bf16 tolerance with the same −inf
-// pattern, page expansion identical.
+// identical (min/max of bf16 keys are exact), page scores (both scoring algorithms where head_dim
+// allows) within bf16 tolerance with the same −inf pattern, page expansion identical.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -106,28 +106,35 @@ void RunScoreCase(const ScoreCase& c, uint32_t seed) {
                        f.layout, metadata.data(), c.params, ref.data(), c.max_pages, stride);
   DeviceBuffer<uint16_t> d_q;
   DeviceBuffer<int32_t> d_lens, d_table;
-  DeviceBuffer<float> d_scores;
   d_q.Upload(testing::FloatsToBf16(q));
   d_lens.Upload(f.kv_lens);
   d_table.Upload(f.block_table);
-  d_scores.Upload(std::vector<float>(ref.size(), 9.0f));
-  ASSERT_CUDA_OK(cuda::QuestScorePages(AsBf16(d_q.get()), num_seqs, c.hq, d_lens.get(), d_table.get(),
-                                       f.max_blocks_per_seq, f.layout, AsBf16(d_metadata.get()), c.params,
-                                       d_scores.get(), c.max_pages, stride, nullptr));
-  ASSERT_CUDA_OK(cudaDeviceSynchronize());
-  const std::vector<float> out = d_scores.Download();
-  std::vector<float> got, want;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    if (std::isinf(ref[i]) || ref[i] == 9.0f) {
-      ASSERT_EQ(out[i], ref[i]) << "entry " << i << " (row " << i / stride << ", page " << i % stride << ")";
-    } else {
-      got.push_back(out[i]);
-      want.push_back(ref[i]);
+  // Both CUDA algorithms where head_dim allows (kPipelined for 64 / 128), kRowFragment always.
+  std::vector<KeyScoringAlgorithm> algorithms = {KeyScoringAlgorithm::kRowFragment};
+  if (c.d == 64 || c.d == 128) algorithms.insert(algorithms.begin(), KeyScoringAlgorithm::kPipelined);
+  for (KeyScoringAlgorithm algorithm : algorithms) {
+    const char* algorithm_name = algorithm == KeyScoringAlgorithm::kPipelined ? "pipelined" : "row_fragment";
+    SCOPED_TRACE(algorithm_name);
+    DeviceBuffer<float> d_scores;
+    d_scores.Upload(std::vector<float>(ref.size(), 9.0f));
+    ASSERT_CUDA_OK(cuda::QuestScorePages(AsBf16(d_q.get()), num_seqs, c.hq, d_lens.get(), d_table.get(),
+                                         f.max_blocks_per_seq, f.layout, AsBf16(d_metadata.get()), c.params,
+                                         d_scores.get(), c.max_pages, stride, nullptr, algorithm));
+    ASSERT_CUDA_OK(cudaDeviceSynchronize());
+    const std::vector<float> out = d_scores.Download();
+    std::vector<float> got, want;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      if (std::isinf(ref[i]) || ref[i] == 9.0f) {
+        ASSERT_EQ(out[i], ref[i]) << "entry " << i << " (row " << i / stride << ", page " << i % stride << ")";
+      } else {
+        got.push_back(out[i]);
+        want.push_back(ref[i]);
+      }
     }
+    EXPECT_CLOSE_BF16(got, want, 1e-2, c.name);
+    std::printf("[ gpu ] quest scores %-12s %-30s G=%d d=%d: rel L2 %.2e over %zu pages\n", algorithm_name,
+                c.name.c_str(), c.hq / c.hkv, c.d, testing::Compare(got, want).relative_l2, want.size());
   }
-  EXPECT_CLOSE_BF16(got, want, 1e-2, c.name);
-  std::printf("[ gpu ] quest scores %-30s G=%d d=%d: rel L2 %.2e over %zu pages\n", c.name.c_str(), c.hq / c.hkv, c.d,
-              testing::Compare(got, want).relative_l2, want.size());
 }
 
 TEST_F(QuestGpuTest, Qwen3ShapeSumAggregation) {
@@ -140,6 +147,15 @@ TEST_F(QuestGpuTest, OtherGroupsAndHeadDims) {
   RunScoreCase({"G=3 d=64 max", 9, 3, 64, 16, {500, 77}, {499, 60}, 40, {16, 16, GroupAggregation::kMax}}, 2);
   RunScoreCase({"G=8 d=128 page 8", 64, 8, 128, 8, {300}, {1}, 38, {0, 1, GroupAggregation::kSum}}, 3);
   RunScoreCase({"G=2 d=8", 8, 4, 8, 16, {200, 40}, {100, 40}, 13, {4, 0, GroupAggregation::kMax}}, 4);
+}
+
+TEST_F(QuestGpuTest, SeveralPageChunks) {
+  // kPipelined scores 512 pages per CTA: rows over two chunks, max_pages beyond every sequence's
+  // pages (a whole chunk of −inf), page 8, a group of 5 (padded to 8).
+  RunScoreCase({"2 chunks G=5 d=128 page 8", 10, 2, 128, 8, {4500, 4097, 9}, {4490, 4000, 9}, 1100,
+                {4, 64, GroupAggregation::kSum}},
+               5);
+  RunScoreCase({"2 chunks G=4 d=64 max", 16, 4, 64, 16, {8200}, {8100}, 520, {16, 32, GroupAggregation::kMax}}, 6);
 }
 
 TEST_F(QuestGpuTest, ExpandPagesMatchesCpu) {

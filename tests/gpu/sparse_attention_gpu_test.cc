@@ -1,5 +1,6 @@
-// CUDA sparse attention against the CPU reference on the same bf16 values, and the CUDA index-list
-// builder against the CPU one (identical lists).
+// CUDA sparse attention against the CPU reference on the same bf16 values, for both CUDA
+// algorithms (kGather where head_dim allows, and kChunked), and the CUDA index-list builder against
+// the CPU one (identical lists).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -84,34 +85,44 @@ void RunCase(const Case& c, uint32_t seed) {
   cpu::SparseAttention(q.data(), num_seqs, c.hq, indices.data(), counts.data(), max_indices, f.block_table.data(),
                        f.max_blocks_per_seq, f.layout, f.k_cache.data(), f.v_cache.data(), scale, ref.data());
 
-  DeviceBuffer<uint16_t> d_q, d_k, d_v, d_out(q.size());
+  DeviceBuffer<uint16_t> d_q, d_k, d_v;
   d_q.Upload(testing::FloatsToBf16(q));
   d_k.Upload(testing::FloatsToBf16(f.k_cache));
   d_v.Upload(testing::FloatsToBf16(f.v_cache));
   const size_t workspace_bytes = cuda::SparseAttentionWorkspaceBytes(num_seqs, c.hq, c.d, max_indices);
   DeviceBuffer<char> workspace(workspace_bytes);
-  ASSERT_CUDA_OK(cuda::SparseAttention(AsBf16(d_q.get()), num_seqs, c.hq, d_indices.get(), d_counts.get(),
-                                       max_indices, d_table.get(), f.max_blocks_per_seq, f.layout,
-                                       AsBf16(d_k.get()), AsBf16(d_v.get()), scale, AsBf16(d_out.get()),
-                                       workspace.get(), workspace_bytes, nullptr));
-  ASSERT_CUDA_OK(cudaDeviceSynchronize());
-  const std::vector<float> out = testing::Bf16ToFloats(d_out.Download());
+  std::vector<SparseAttentionAlgorithm> algorithms = {SparseAttentionAlgorithm::kChunked};
+  if (c.d == 64 || c.d == 128) algorithms.insert(algorithms.begin(), SparseAttentionAlgorithm::kGather);
+  for (SparseAttentionAlgorithm algorithm : algorithms) {
+    const char* algorithm_name = algorithm == SparseAttentionAlgorithm::kGather ? "gather" : "chunked";
+    SCOPED_TRACE(algorithm_name);
+    // Poisoned output: every head must be written.
+    DeviceBuffer<uint16_t> d_out;
+    d_out.Upload(std::vector<uint16_t>(q.size(), 0x7fc0));  // bf16 NaN
+    ASSERT_CUDA_OK(cuda::SparseAttention(AsBf16(d_q.get()), num_seqs, c.hq, d_indices.get(), d_counts.get(),
+                                         max_indices, d_table.get(), f.max_blocks_per_seq, f.layout,
+                                         AsBf16(d_k.get()), AsBf16(d_v.get()), scale, AsBf16(d_out.get()),
+                                         workspace.get(), workspace_bytes, nullptr, algorithm));
+    ASSERT_CUDA_OK(cudaDeviceSynchronize());
+    const std::vector<float> out = testing::Bf16ToFloats(d_out.Download());
 
-  double worst = 0.0;
-  for (int head = 0; head < num_seqs * c.hq; ++head) {
-    const std::vector<float> got(out.begin() + size_t(head) * c.d, out.begin() + size_t(head + 1) * c.d);
-    const std::vector<float> want(ref.begin() + size_t(head) * c.d, ref.begin() + size_t(head + 1) * c.d);
-    if (counts[size_t(head / c.hq) * c.hkv + (head % c.hq) / (c.hq / c.hkv)] == 0) {
-      EXPECT_TRUE(std::all_of(got.begin(), got.end(), [](float x) { return x == 0.0f; })) << "empty list, head " << head;
-      continue;
+    double worst = 0.0;
+    for (int head = 0; head < num_seqs * c.hq; ++head) {
+      const std::vector<float> got(out.begin() + size_t(head) * c.d, out.begin() + size_t(head + 1) * c.d);
+      const std::vector<float> want(ref.begin() + size_t(head) * c.d, ref.begin() + size_t(head + 1) * c.d);
+      if (counts[size_t(head / c.hq) * c.hkv + (head % c.hq) / (c.hq / c.hkv)] == 0) {
+        EXPECT_TRUE(std::all_of(got.begin(), got.end(), [](float x) { return x == 0.0f; }))
+            << "empty list, head " << head;
+        continue;
+      }
+      const testing::Comparison cmp = testing::Compare(got, want);
+      EXPECT_EQ(cmp.non_finite, 0u) << "head " << head;
+      EXPECT_LE(cmp.relative_l2, 1e-2) << "head " << head;
+      worst = std::max(worst, cmp.non_finite > 0 ? INFINITY : cmp.relative_l2);
     }
-    const testing::Comparison cmp = testing::Compare(got, want);
-    EXPECT_EQ(cmp.non_finite, 0u) << "head " << head;
-    EXPECT_LE(cmp.relative_l2, 1e-2) << "head " << head;
-    worst = std::max(worst, cmp.non_finite > 0 ? INFINITY : cmp.relative_l2);
+    std::printf("[ gpu ] sparse_attention %-7s %-34s G=%d d=%d max_indices=%d: index lists identical, worst head "
+                "rel L2 %.2e\n", algorithm_name, c.name.c_str(), c.hq / c.hkv, c.d, max_indices, worst);
   }
-  std::printf("[ gpu ] sparse_attention %-34s G=%d d=%d max_indices=%d: index lists identical, worst head rel L2 "
-              "%.2e\n", c.name.c_str(), c.hq / c.hkv, c.d, max_indices, worst);
 }
 
 TEST_F(SparseAttentionGpuTest, Qwen3ShapeBudget2048) {
@@ -130,6 +141,18 @@ TEST_F(SparseAttentionGpuTest, GroupsAndHeadDims) {
   RunCase({"G=2 d=8", 8, 4, 8, 16, {400, 30}, 100, 4, 8}, 6);
   RunCase({"G=4 d=64 page 4", 8, 2, 64, 4, {100}, 20, 1, 3}, 7);
   RunCase({"G=4 d=128 no sinks", 8, 2, 128, 16, {600}, 300, 0, 1}, 8);
+}
+
+TEST_F(SparseAttentionGpuTest, SplitPlans) {
+  // kGather splits a list only when the lists do not fill a wave of CTAs: one sequence with long
+  // lists (several splits and the combine launch; lists of different lengths leave some splits
+  // empty), and many sequences (one split per list, no combine).
+  RunCase({"1 seq, long lists, G=4", 32, 8, 128, 16, {20000}, 3000, 4, 64}, 10);
+  std::vector<int32_t> many(80);
+  for (size_t i = 0; i < many.size(); ++i) many[i] = int32_t(300 + 37 * i);
+  RunCase({"80 seqs, G=4 d=128", 32, 8, 128, 16, many, 400, 4, 64}, 11);
+  RunCase({"80 seqs, G=5 d=64 page 8", 10, 2, 64, 8, many, 300, 2, 16}, 12);
+  RunCase({"G=7 d=128 page 32", 14, 2, 128, 32, {2500, 900}, 1200, 4, 64}, 13);
 }
 
 TEST_F(SparseAttentionGpuTest, LargeScoresStayFinite) {

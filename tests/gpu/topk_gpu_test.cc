@@ -1,5 +1,6 @@
-// CUDA TopK against the CPU reference: the selected sets must be identical (ties included, both
-// break them by lower position), and every returned value must be the score at its position.
+// CUDA TopK against the CPU reference, for both CUDA algorithms (kStreaming, the default, and
+// kRegisterRadix): the selected sets must be identical (ties included, both break them by lower
+// position), and every returned value must be the score at its position.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -20,7 +21,16 @@ namespace {
 
 using testing::DeviceBuffer;
 
-enum class Fill { kRandom, kFewLevels, kWithExcluded };
+enum class Fill {
+  kRandom,
+  kFewLevels,
+  kWithExcluded,
+  // All scores in [1, 1.1): one bin of kStreaming's 12-bit first digit holds the whole row, more
+  // than its shared-memory candidate buffer takes, so the refinement re-reads the row.
+  kNarrow,
+  // Seven levels inside [1, 1.01): the overflowing bin again, with long tie runs at the threshold.
+  kNarrowFewLevels,
+};
 
 struct Case {
   std::string name;
@@ -37,6 +47,12 @@ std::vector<float> MakeScores(const Case& c, uint32_t seed) {
     // Seven distinct values: the k-th score sits inside a long run of ties spanning many stripes.
     std::uniform_int_distribution<int> level(0, 6);
     for (float& x : scores) x = 0.25f * level(rng) - 0.5f;
+  } else if (c.fill == Fill::kNarrow) {
+    std::uniform_real_distribution<float> narrow(1.0f, 1.1f);
+    for (float& x : scores) x = narrow(rng);
+  } else if (c.fill == Fill::kNarrowFewLevels) {
+    std::uniform_int_distribution<int> level(0, 6);
+    for (float& x : scores) x = 1.0f + 0.001f * level(rng);
   } else if (c.fill == Fill::kWithExcluded) {
     // −inf (sinks / recent window), NaN and ±0 sprinkled in; some rows are mostly excluded, so they
     // hold fewer than k selectable scores.
@@ -59,8 +75,17 @@ std::vector<float> MakeScores(const Case& c, uint32_t seed) {
   return scores;
 }
 
-void RunCase(const Case& c, uint32_t seed) {
-  SCOPED_TRACE(c.name);
+const char* AlgorithmName(TopKAlgorithm algorithm) {
+  switch (algorithm) {
+    case TopKAlgorithm::kAuto: return "auto";
+    case TopKAlgorithm::kStreaming: return "streaming";
+    case TopKAlgorithm::kRegisterRadix: return "register_radix";
+  }
+  return "?";
+}
+
+void RunCaseWith(const Case& c, uint32_t seed, TopKAlgorithm algorithm) {
+  SCOPED_TRACE(c.name + " / " + AlgorithmName(algorithm));
   const std::vector<float> scores = MakeScores(c, seed);
   std::vector<int32_t> lengths = testing::RandomIds(c.rows, c.max_len + 1, seed + 2);
   if (c.with_lengths) {
@@ -80,7 +105,7 @@ void RunCase(const Case& c, uint32_t seed) {
   DeviceBuffer<char> workspace(workspace_bytes);
   ASSERT_CUDA_OK(cuda::TopK(d_scores.get(), c.rows, c.row_stride, c.with_lengths ? d_lengths.get() : nullptr,
                             c.max_len, c.k, d_indices.get(), d_values.get(), workspace.get(), workspace_bytes,
-                            nullptr));
+                            nullptr, algorithm));
   ASSERT_CUDA_OK(cudaDeviceSynchronize());
   const std::vector<int32_t> indices = d_indices.Download();
   const std::vector<float> values = d_values.Download();
@@ -104,9 +129,15 @@ void RunCase(const Case& c, uint32_t seed) {
       }
     }
   }
-  std::printf("[ gpu ] topk %-28s rows=%d len=%d k=%d: %s\n", c.name.c_str(), c.rows, c.max_len, c.k,
-              mismatched_rows == 0 ? "PASS (sets identical to CPU)" : "FAIL");
+  std::printf("[ gpu ] topk %-14s %-30s rows=%d len=%d k=%d: %s\n", AlgorithmName(algorithm), c.name.c_str(), c.rows,
+              c.max_len, c.k, mismatched_rows == 0 ? "PASS (sets identical to CPU)" : "FAIL");
   EXPECT_EQ(mismatched_rows, 0);
+}
+
+void RunCase(const Case& c, uint32_t seed) {
+  for (TopKAlgorithm algorithm : {TopKAlgorithm::kStreaming, TopKAlgorithm::kRegisterRadix}) {
+    RunCaseWith(c, seed, algorithm);
+  }
 }
 
 class TopKGpuTest : public ::testing::Test {
@@ -137,9 +168,24 @@ TEST_F(TopKGpuTest, ExcludedScoresAndShortRowsArePadded) {
   RunCase({"k > len", 5, 100, 300, 100, true, Fill::kRandom}, 11);
 }
 
+TEST_F(TopKGpuTest, TopBinLargerThanTheCandidateBuffer) {
+  // Few rows (24K candidates per row fit in shared memory) and many rows (8K): a whole row in one
+  // first-digit bin, so kStreaming refines by re-reading the row; once with random values, once
+  // with ties at the threshold, once with lengths and an unaligned stride.
+  RunCase({"narrow, few rows", 3, 40000, 2048, 40000, false, Fill::kNarrow}, 13);
+  RunCase({"narrow, many rows", 300, 12000, 1000, 12000, false, Fill::kNarrow}, 14);
+  RunCase({"narrow ties, few rows", 2, 30000, 5000, 30001, true, Fill::kNarrowFewLevels}, 15);
+  RunCase({"narrow ties, many rows", 260, 9000, 700, 9000, false, Fill::kNarrowFewLevels}, 16);
+}
+
 TEST_F(TopKGpuTest, SelectorShapeOfTheBenchmark) {
   // The target shape: B·Hkv = 256 rows of 32K scores, k = 2048.
   RunCase({"256 x 32K, k=2048", 256, 32768, 2048, 32768, false, Fill::kRandom}, 12);
+}
+
+TEST_F(TopKGpuTest, QuestAndLongRowShapesOfTheBenchmark) {
+  RunCase({"256 x 2048 pages, k=128", 256, 2048, 128, 2048, false, Fill::kRandom}, 17);
+  RunCase({"32 x 128K, k=2048", 32, 131072, 2048, 131072, false, Fill::kRandom}, 18);
 }
 
 TEST_F(TopKGpuTest, RejectsInvalidArguments) {

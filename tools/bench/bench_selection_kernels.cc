@@ -18,6 +18,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -102,17 +103,21 @@ absl::Status BenchTopK(const Options& o, Timer& timer, std::vector<Measurement>*
     ASSIGN_OR_RETURN(DeviceMemory indices, DeviceMemory::Allocate(size_t(c.rows) * c.k * 4, "top-k indices"));
     const size_t ws_bytes = kernels::cuda::TopKWorkspaceBytes(c.rows, c.len, c.k);
     ASSIGN_OR_RETURN(DeviceMemory ws, DeviceMemory::Allocate(ws_bytes, "top-k workspace"));
-    ASSIGN_OR_RETURN(Timing t, timer.Time([&] {
-      return kernels::cuda::TopK(scores.as<float>(), c.rows, c.len, nullptr, c.len, c.k, indices.as<int32_t>(),
-                                 nullptr, ws.as<void>(), ws_bytes, nullptr);
-    }));
-    Measurement m{"topk", Shape({{"rows", c.rows}, {"len", c.len}, {"k", c.k}}), t,
-                  double(c.rows) * c.len * 4 + double(c.rows) * c.k * 4};
-    if (c.target) {
-      m.target = "<= 30 us";
-      m.target_met = t.median_us <= 30.0;
+    // Both CUDA algorithms, the default (kStreaming) first; the target applies to it.
+    for (const auto& [algorithm, name] : {std::pair{kernels::TopKAlgorithm::kStreaming, "topk streaming"},
+                                          std::pair{kernels::TopKAlgorithm::kRegisterRadix, "topk register_radix"}}) {
+      ASSIGN_OR_RETURN(Timing t, timer.Time([&, algorithm = algorithm] {
+        return kernels::cuda::TopK(scores.as<float>(), c.rows, c.len, nullptr, c.len, c.k, indices.as<int32_t>(),
+                                   nullptr, ws.as<void>(), ws_bytes, nullptr, algorithm);
+      }));
+      Measurement m{name, Shape({{"rows", c.rows}, {"len", c.len}, {"k", c.k}}), t,
+                    double(c.rows) * c.len * 4 + double(c.rows) * c.k * 4};
+      if (c.target && algorithm == kernels::TopKAlgorithm::kStreaming) {
+        m.target = "<= 30 us";
+        m.target_met = t.median_us <= 30.0;
+      }
+      out->push_back(m);
     }
-    out->push_back(m);
   }
   return absl::OkStatus();
 }
@@ -129,19 +134,25 @@ absl::Status BenchKeyScoring(const Options& o, Timer& timer, std::vector<Measure
     const kernels::KeyScoringParams params{1.0f / std::sqrt(float(d)), 4, 64, aggregation};
     const size_t ws_bytes = kernels::cuda::ScoreKeysWorkspaceBytes(num_seqs, hq, kv_len, aggregation);
     ASSIGN_OR_RETURN(DeviceMemory ws, DeviceMemory::Allocate(ws_bytes, "key-scoring workspace"));
-    ASSIGN_OR_RETURN(Timing t, timer.Time([&] {
-      return kernels::cuda::ScoreKeys(Bf16(q), num_seqs, hq, cache.kv_lens.as<int32_t>(), kv_len,
-                                      cache.block_table.as<int32_t>(), cache.max_blocks_per_seq, cache.layout,
-                                      Bf16(cache.k), params, scores.as<float>(), kv_len, ws.as<void>(), ws_bytes,
-                                      nullptr);
-    }));
-    const char* name = aggregation == GroupAggregation::kSum   ? "key_scoring sum"
-                       : aggregation == GroupAggregation::kMax ? "key_scoring max"
-                                                               : "key_scoring softmax_sum";
-    // Bytes that must move: every key once, every score once (kSoftmaxSum reads the keys twice:
-    // its % of floor shows that cost).
-    out->push_back({name, Shape({{"B", num_seqs}, {"Hq", hq}, {"Hkv", hkv}, {"d", d}, {"kv_len", kv_len}}), t,
-                    double(num_seqs) * hkv * kv_len * (d * 2 + 4)});
+    const char* aggregation_name = aggregation == GroupAggregation::kSum   ? "sum"
+                                   : aggregation == GroupAggregation::kMax ? "max"
+                                                                           : "softmax_sum";
+    // Both CUDA algorithms, the default (kPipelined, "key_scoring") first, then kRowFragment
+    // ("ks_row_frag").
+    for (const auto& [algorithm, prefix] : {std::pair{kernels::KeyScoringAlgorithm::kPipelined, "key_scoring "},
+                                            std::pair{kernels::KeyScoringAlgorithm::kRowFragment, "ks_row_frag "}}) {
+      ASSIGN_OR_RETURN(Timing t, timer.Time([&, algorithm = algorithm] {
+        return kernels::cuda::ScoreKeys(Bf16(q), num_seqs, hq, cache.kv_lens.as<int32_t>(), kv_len,
+                                        cache.block_table.as<int32_t>(), cache.max_blocks_per_seq, cache.layout,
+                                        Bf16(cache.k), params, scores.as<float>(), kv_len, ws.as<void>(), ws_bytes,
+                                        nullptr, algorithm);
+      }));
+      // Bytes that must move: every key once, every score once (kSoftmaxSum reads the keys twice:
+      // its % of floor shows that cost).
+      out->push_back({absl::StrCat(prefix, aggregation_name),
+                      Shape({{"B", num_seqs}, {"Hq", hq}, {"Hkv", hkv}, {"d", d}, {"kv_len", kv_len}}), t,
+                      double(num_seqs) * hkv * kv_len * (d * 2 + 4)});
+    }
   }
   return absl::OkStatus();
 }
@@ -198,13 +209,18 @@ absl::Status BenchQuest(const Options& o, Timer& timer, std::vector<Measurement>
       Shape({{"B", num_seqs}, {"Hq", hq}, {"Hkv", hkv}, {"d", d}, {"kv_len", kv_len}, {"pages", max_pages}});
 
   const kernels::QuestScoringParams params{4, 64, GroupAggregation::kSum};
-  ASSIGN_OR_RETURN(Timing score, timer.Time([&] {
-    return kernels::cuda::QuestScorePages(Bf16(q), num_seqs, hq, cache.kv_lens.as<int32_t>(),
-                                          cache.block_table.as<int32_t>(), cache.max_blocks_per_seq, cache.layout,
-                                          Bf16(metadata), params, page_scores.as<float>(), max_pages, max_pages,
-                                          nullptr);
-  }));
-  out->push_back({"quest score_pages", dims, score, double(rows) * max_pages * (2 * d * 2 + 4)});
+  // Both CUDA algorithms, the default (kPipelined) first, then kRowFragment.
+  for (const auto& [algorithm, name] :
+       {std::pair{kernels::KeyScoringAlgorithm::kPipelined, "quest score_pages"},
+        std::pair{kernels::KeyScoringAlgorithm::kRowFragment, "quest score_rowfrag"}}) {
+    ASSIGN_OR_RETURN(Timing score, timer.Time([&, algorithm = algorithm] {
+      return kernels::cuda::QuestScorePages(Bf16(q), num_seqs, hq, cache.kv_lens.as<int32_t>(),
+                                            cache.block_table.as<int32_t>(), cache.max_blocks_per_seq, cache.layout,
+                                            Bf16(metadata), params, page_scores.as<float>(), max_pages, max_pages,
+                                            nullptr, algorithm);
+    }));
+    out->push_back({name, dims, score, double(rows) * max_pages * (2 * d * 2 + 4)});
+  }
 
   const int k_pages = budget / page;
   std::vector<int32_t> pages(size_t(rows) * k_pages);
@@ -281,20 +297,25 @@ absl::Status BenchSparseAttention(const Options& o, Timer& timer, std::vector<Me
     const size_t ws_bytes = kernels::cuda::SparseAttentionWorkspaceBytes(num_seqs, hq, d, max_indices);
     ASSIGN_OR_RETURN(DeviceMemory ws, DeviceMemory::Allocate(ws_bytes, "sparse-attention workspace"));
     const float scale = 1.0f / std::sqrt(float(d));
-    ASSIGN_OR_RETURN(Timing attention, timer.Time([&] {
-      return kernels::cuda::SparseAttention(Bf16(q), num_seqs, hq, indices.as<int32_t>(), counts.as<int32_t>(),
-                                            max_indices, cache.block_table.as<int32_t>(), cache.max_blocks_per_seq,
-                                            cache.layout, Bf16(cache.k), Bf16(cache.v), scale, Bf16(attn_out),
-                                            ws.as<void>(), ws_bytes, nullptr);
-    }));
-    // Bytes that must move: K and V rows and the index of every listed position, q and out.
-    Measurement m{"sparse_attention", dims, attention,
-                  double(rows) * max_indices * (2.0 * d * 2 + 4) + 2.0 * num_seqs * hq * d * 2};
-    if (budget == 2048) {
-      m.target = ">= 70% of floor";
-      m.target_met = m.percent_of_floor() >= 70.0;
+    // Both CUDA algorithms, the default (kGather) first; the target applies to it.
+    for (const auto& [algorithm, name] :
+         {std::pair{kernels::SparseAttentionAlgorithm::kGather, "sparse_attention gather"},
+          std::pair{kernels::SparseAttentionAlgorithm::kChunked, "sparse_attention chunked"}}) {
+      ASSIGN_OR_RETURN(Timing attention, timer.Time([&, algorithm = algorithm] {
+        return kernels::cuda::SparseAttention(Bf16(q), num_seqs, hq, indices.as<int32_t>(), counts.as<int32_t>(),
+                                              max_indices, cache.block_table.as<int32_t>(), cache.max_blocks_per_seq,
+                                              cache.layout, Bf16(cache.k), Bf16(cache.v), scale, Bf16(attn_out),
+                                              ws.as<void>(), ws_bytes, nullptr, algorithm);
+      }));
+      // Bytes that must move: K and V rows and the index of every listed position, q and out.
+      Measurement m{name, dims, attention,
+                    double(rows) * max_indices * (2.0 * d * 2 + 4) + 2.0 * num_seqs * hq * d * 2};
+      if (budget == 2048 && algorithm == kernels::SparseAttentionAlgorithm::kGather) {
+        m.target = ">= 70% of floor";
+        m.target_met = m.percent_of_floor() >= 70.0;
+      }
+      out->push_back(m);
     }
-    out->push_back(m);
   }
   return absl::OkStatus();
 }
