@@ -83,6 +83,17 @@ __device__ __forceinline__ void CpAsync16(void* smem_dst, const void* gmem_src, 
                : "memory");
 }
 
+// The same copy through L1 (.ca): for small operands that several warps of an SM read again
+// (the activations of a skinny GEMM), while streamed ones use the .cg form above.
+__device__ __forceinline__ void CpAsync16CacheAll(void* smem_dst, const void* gmem_src,
+                                                  bool valid) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem_dst));
+  const int src_bytes = valid ? 16 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem_src),
+               "r"(src_bytes)
+               : "memory");
+}
+
 __device__ __forceinline__ void CpAsyncCommit() {
   asm volatile("cp.async.commit_group;\n" ::: "memory");
 }

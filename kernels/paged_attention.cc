@@ -63,11 +63,17 @@ void AttendQueryByQuery(const SequenceRun& seq, const float* q, int num_q_heads,
   const int page = layout.page_size;
   const int group = num_q_heads / layout.num_kv_heads;
   // Scores of the query heads of one KV group against every key: [group, kv_len].
-  scratch->resize(static_cast<size_t>(group) * seq.kv_len);
+  scratch->resize(static_cast<size_t>(group) * std::max(seq.kv_len, 0));
   float* scores = scratch->data();
   for (int i = 0; i < seq.q_len; ++i) {
     const int num_keys = seq.kv_len - seq.q_len + i + 1;  // causal: keys 0 .. own position
     const int64_t token = seq.q_begin + i;
+    if (num_keys <= 0) {
+      // A query that sees no key (an empty sequence in a decode batch) has no softmax to take:
+      // zeros, as the CUDA kernels give. `scores` may be empty here, so nothing below may run.
+      std::fill(out + token * num_q_heads * d, out + (token + 1) * num_q_heads * d, 0.0f);
+      continue;
+    }
     for (int g = 0; g < layout.num_kv_heads; ++g) {
       const float* q_group = q + (token * num_q_heads + int64_t{g} * group) * d;
       float* out_group = out + (token * num_q_heads + int64_t{g} * group) * d;
@@ -153,8 +159,10 @@ void PagedAttention(const float* q, int num_q_heads, const int32_t* q_indptr,
   for (int b = 0; b < num_seqs; ++b) {
     const SequenceRun seq{q_indptr[b], q_indptr[b + 1] - q_indptr[b], kv_lens[b],
                           block_table + int64_t{b} * max_blocks_per_seq};
-    if (seq.q_len == 0) continue;
-    if (seq.q_len >= kGemmMinQueries) {
+    if (seq.q_len <= 0) continue;
+    // The GEMM path assumes every query sees at least one key (kv_len ≥ q_len); shorter caches
+    // go query by query, which gives the keyless queries zeros.
+    if (seq.q_len >= kGemmMinQueries && seq.kv_len >= seq.q_len) {
       AttendWithGemm(seq, q, num_q_heads, layout, k_cache, v_cache, scale, &scratch, out);
     } else {
       AttendQueryByQuery(seq, q, num_q_heads, layout, k_cache, v_cache, scale, &scratch, out);

@@ -16,7 +16,8 @@ namespace cpu {
 // attends keys 0 .. that position. Key j of b lives in block block_table[b * max_blocks_per_seq +
 // j / page_size] at offset j % page_size. Query head h reads KV head h / (num_q_heads /
 // num_kv_heads). out is [total_q_tokens, num_q_heads, head_dim]; softmax(q·k * scale) is computed
-// with the running maximum subtracted.
+// with the running maximum subtracted. A query that sees no key (position < 0, e.g. a decode token
+// of a sequence with kv_lens[b] ≤ 0) gets zeros, as in the CUDA kernels.
 void PagedAttention(const float* q, int num_q_heads, const int32_t* q_indptr,
                     const int32_t* kv_lens, int num_seqs, const int32_t* block_table,
                     int max_blocks_per_seq, const PagedKvLayout& layout, const float* k_cache,

@@ -1,3 +1,5 @@
+#include <algorithm>
+
 #include "kernels/bf16_utils.cuh"
 #include "kernels/rope.h"
 
@@ -7,8 +9,10 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kMaxHalf = 256;  // head_dim ≤ 512
 
-// One CTA per token: the token's cos/sin table is built once in shared memory, then each warp
-// takes whole heads (q heads first, then k heads). Lane l handles the rotation pairs
+// Grid (token, group of kThreads / 32 heads): the token's cos/sin table is built in shared memory,
+// then each warp takes one head (q heads first, then k heads). A warp per head keeps every head's
+// loads in flight at once: at decode sizes (64 tokens × 40 heads) a CTA walking all heads of its
+// token one after another was latency-bound (18 µs). Lane l handles the rotation pairs
 // (i, i + half) for i = l, l + 32, ...; with kNorm the head is first RMS-normalised (Qwen3 q/k
 // norm), which needs the whole head in one warp, hence the warp-per-head split.
 template <bool kNorm>
@@ -35,7 +39,8 @@ __global__ void RopeKernel(__nv_bfloat16* q, __nv_bfloat16* k,
   const int num_warps = blockDim.x >> 5;
   const int q_heads = q != nullptr ? num_q_heads : 0;
   const int k_heads = k != nullptr ? num_kv_heads : 0;
-  for (int head = threadIdx.x >> 5; head < q_heads + k_heads; head += num_warps) {
+  for (int head = blockIdx.y * num_warps + (threadIdx.x >> 5); head < q_heads + k_heads;
+       head += num_warps * gridDim.y) {
     const bool is_q = head < q_heads;
     __nv_bfloat16* x = is_q ? q + (token * num_q_heads + head) * head_dim
                             : k + (token * num_kv_heads + (head - q_heads)) * head_dim;
@@ -72,6 +77,13 @@ cudaError_t CheckRopeShape(int num_tokens, int num_q_heads, int num_kv_heads, in
   return cudaSuccess;
 }
 
+// (tokens, head groups): one warp per head of the heads being rotated.
+dim3 RopeGrid(int num_tokens, const void* q, const void* k, int num_q_heads, int num_kv_heads) {
+  const int heads = (q != nullptr ? num_q_heads : 0) + (k != nullptr ? num_kv_heads : 0);
+  const int warps = kThreads / 32;
+  return dim3(num_tokens, std::min((std::max(heads, 1) + warps - 1) / warps, 65535));
+}
+
 }  // namespace
 
 cudaError_t Rope(__nv_bfloat16* q, __nv_bfloat16* k, const int32_t* positions, int num_tokens,
@@ -82,9 +94,9 @@ cudaError_t Rope(__nv_bfloat16* q, __nv_bfloat16* k, const int32_t* positions, i
     return e;
   }
   if (num_tokens == 0 || (q == nullptr && k == nullptr)) return cudaSuccess;
-  RopeKernel<false><<<num_tokens, kThreads, 0, stream>>>(q, k, nullptr, nullptr, 0.0f, positions,
-                                                         num_q_heads, num_kv_heads, head_dim,
-                                                         inv_freq);
+  RopeKernel<false><<<RopeGrid(num_tokens, q, k, num_q_heads, num_kv_heads), kThreads, 0,
+                      stream>>>(q, k, nullptr, nullptr, 0.0f, positions, num_q_heads,
+                                num_kv_heads, head_dim, inv_freq);
   return cudaGetLastError();
 }
 
@@ -100,9 +112,9 @@ cudaError_t QkNormRope(__nv_bfloat16* q, __nv_bfloat16* k, const __nv_bfloat16* 
     return cudaErrorInvalidValue;
   }
   if (num_tokens == 0 || (q == nullptr && k == nullptr)) return cudaSuccess;
-  RopeKernel<true><<<num_tokens, kThreads, 0, stream>>>(q, k, q_norm_weight, k_norm_weight, eps,
-                                                        positions, num_q_heads, num_kv_heads,
-                                                        head_dim, inv_freq);
+  RopeKernel<true><<<RopeGrid(num_tokens, q, k, num_q_heads, num_kv_heads), kThreads, 0,
+                     stream>>>(q, k, q_norm_weight, k_norm_weight, eps, positions, num_q_heads,
+                               num_kv_heads, head_dim, inv_freq);
   return cudaGetLastError();
 }
 

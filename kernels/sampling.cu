@@ -9,6 +9,19 @@
 // boundary), gathered and bitonic-sorted in shared memory. Thread 0 then walks the chunk with the
 // CPU's double-precision running sums, so the kept mass, the nucleus and the drawn token match.
 // With top_k ≤ 4096 (the usual case) everything happens in the first chunk.
+//
+// Without top-k (or with top_k > 4096) the nucleus may hold tens of thousands of candidates, and
+// walking them chunk by chunk is slow. There, an exactness argument replaces the walk: every fp32
+// probability p ≥ 2^-29 is an integer multiple of 2^-52, and any sum of such values below 2 is a
+// multiple of 2^-52 below 2, i.e. exactly representable in double. So while the CPU's sequential
+// sums run over candidates ≥ 2^-29 (the "exact region", a prefix of the sorted order), they are
+// exact, equal to integer sums in units of 2^-52 in any order. One pass bins those candidates by
+// probability (1024 bins of the fp32 bit pattern) with their exact uint64 mass; a scan over the bins
+// finds the bin where the running mass crosses the nucleus threshold, and only that bin is
+// gathered, sorted and walked (by one warp, with an integer prefix sum). The inverse-CDF draw
+// inside the nucleus is found the same way. When a crossing falls below 2^-29 (the tail: at most
+// vocab × 2^-29 ≈ 3e-4 of mass), or its bin holds more than 4096 candidates, the chunk walk
+// runs instead, so the result never depends on which path ran.
 #include <cmath>
 
 #include "kernels/bf16_utils.cuh"
@@ -21,9 +34,29 @@ constexpr int kThreads = 1024;
 constexpr int kWarps = kThreads / 32;
 constexpr int kChunk = 4096;
 
+// The exact region: fp32 probabilities from 2^-29 (bit pattern 0x31000000) up are multiples of
+// 2^-52 (the mass unit). Its bins: the bit pattern above 0x31000000 >> 18 (3% wide in value); up
+// to p = 1 that is bins 0..928.
+constexpr uint32_t kExactMinBits = 0x31000000u;
+constexpr int kMassBinShift = 18;
+constexpr int kMassBins = 1024;
+static_assert(kMassBins == kThreads, "the bin scan gives one bin to each thread");
+static_assert(((0x3f800000u - kExactMinBits) >> kMassBinShift) < kMassBins, "p = 1 has a bin");
+
 struct SampleShared {
   uint64_t keys[kChunk];
   int hist[256];
+  // Per mass bin; after the scan, the totals of all higher bins (exclusive prefix from the top).
+  unsigned long long bin_mass[kMassBins];
+  int bin_count[kMassBins];
+  unsigned long long scan_mass[kWarps];
+  int scan_count[kWarps];
+  unsigned long long exact_mass;  // all bins: the exact region's mass in units of 2^-52
+  int exact_count;
+  int found_bin;
+  int found_index;
+  unsigned long long found_mass;  // running mass up to and including found_index
+  uint64_t found_key;
   double reduce_double[kWarps];
   float reduce_float[kWarps];
   int reduce_int[kWarps];
@@ -50,8 +83,36 @@ __device__ __forceinline__ int KeyId(uint64_t key) {
   return static_cast<int>(0xffffffffu - static_cast<uint32_t>(key & 0xffffffffu));
 }
 
-__device__ __forceinline__ float ToFloat(float x) { return x; }
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
+// Every pass over a row reads four consecutive values per lane (one 16-byte load of fp32, 8 bytes
+// of bf16) when the row is aligned for it: a CTA streams a 150K-entry row several times, and
+// scalar loads leave it latency-bound.
+__device__ __forceinline__ void LoadFour(const float* data, int i, int n, bool vectorised,
+                                        float (&v)[4]) {
+  if (vectorised && i + 4 <= n) {
+    const float4 q = *reinterpret_cast<const float4*>(data + i);
+    v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+    return;
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e) v[e] = i + e < n ? data[i + e] : 0.0f;
+}
+
+__device__ __forceinline__ void LoadFour(const __nv_bfloat16* data, int i, int n, bool vectorised,
+                                        float (&v)[4]) {
+  if (vectorised && i + 4 <= n) {
+    const uint2 q = *reinterpret_cast<const uint2*>(data + i);
+    v[0] = __uint_as_float(q.x << 16), v[1] = __uint_as_float(q.x & 0xffff0000u);
+    v[2] = __uint_as_float(q.y << 16), v[3] = __uint_as_float(q.y & 0xffff0000u);
+    return;
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e) v[e] = i + e < n ? __bfloat162float(data[i + e]) : 0.0f;
+}
+
+template <typename T>
+__device__ __forceinline__ bool AlignedForFour(const T* p) {
+  return (reinterpret_cast<uintptr_t>(p) & (4 * sizeof(T) - 1)) == 0;
+}
 
 // Block reductions: a fixed butterfly within warps, then every thread folds the warp results in
 // warp order, so results are deterministic and identical in every thread. Call from all threads.
@@ -125,10 +186,24 @@ struct Candidates {
   const float* unnormalised;
   int vocab;
   float inv_sum;
-  __device__ __forceinline__ uint64_t Key(int i) const {
-    return CandidateKey(unnormalised[i] * inv_sum, i);
+  bool vectorised;  // unnormalised is 16-byte aligned
+  // Keys of ids [i, i + 4); valid[e] is false past the vocabulary.
+  __device__ __forceinline__ void Keys4(int i, uint64_t (&keys)[4], bool (&valid)[4]) const {
+    float v[4];
+    LoadFour(unnormalised, i, vocab, vectorised, v);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      valid[e] = i + e < vocab;
+      keys[e] = CandidateKey(v[e] * inv_sum, i + e);
+    }
   }
 };
+
+// Loops over a row four ids per lane with a warp-uniform trip count (the loop bodies use warp
+// collectives): lane L of warp W takes ids base + 4L .. + 3 with base = 128 W, 128 W + 4096, ...
+#define FOR_EACH_FOUR_IDS(base_var, vocab)                                                \
+  for (int base_var = (threadIdx.x & ~31) * 4; base_var < (vocab); base_var += kThreads * 4)
+
 
 // The m largest keys below `bound` (every key when !has_bound) are those whose bits under `mask`
 // are ≥ `prefix`. Requires 1 ≤ m < number of eligible keys.
@@ -140,10 +215,21 @@ __device__ void RadixSelect(const Candidates& c, bool has_bound, uint64_t bound,
   for (int shift = 56; shift >= 0; shift -= 8) {
     for (int b = threadIdx.x; b < 256; b += kThreads) s.hist[b] = 0;
     __syncthreads();
-    for (int i = threadIdx.x; i < c.vocab; i += kThreads) {
-      const uint64_t key = c.Key(i);
-      if ((!has_bound || key < bound) && (key & mask) == prefix) {
-        atomicAdd(&s.hist[(key >> shift) & 0xff], 1);
+    // Warp-aggregated: the leading byte of probabilities takes only a few values, so per-element
+    // shared atomics would serialise on a handful of bins.
+    const int lane = threadIdx.x & 31;
+    FOR_EACH_FOUR_IDS(base, c.vocab) {
+      uint64_t keys[4];
+      bool valid[4];
+      c.Keys4(base + 4 * lane, keys, valid);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const uint64_t key = keys[e];
+        const int bin = valid[e] && (!has_bound || key < bound) && (key & mask) == prefix
+                            ? static_cast<int>((key >> shift) & 0xff)
+                            : -1;
+        const unsigned peers = __match_any_sync(detail::kFullWarpMask, bin);
+        if (bin >= 0 && lane == __ffs(peers) - 1) atomicAdd(&s.hist[bin], __popc(peers));
       }
     }
     __syncthreads();
@@ -170,24 +256,27 @@ __device__ void RadixSelect(const Candidates& c, bool has_bound, uint64_t bound,
   *mask_out = mask;
 }
 
-// Gathers the keys below `bound` whose bits under `mask` are ≥ `prefix` into s.keys and sorts them
-// descending. Returns how many there are (at most kChunk by construction).
-__device__ int GatherSorted(const Candidates& c, bool has_bound, uint64_t bound, uint64_t prefix,
-                            uint64_t mask, SampleShared& s) {
-  if (threadIdx.x == 0) s.count = 0;
-  __syncthreads();
-  for (int i = threadIdx.x; i < c.vocab; i += kThreads) {
-    const uint64_t key = c.Key(i);
-    if ((!has_bound || key < bound) && (key & mask) >= prefix) {
-      const int slot = atomicAdd(&s.count, 1);
-      if (slot < kChunk) s.keys[slot] = key;
-    }
+// Appends `key` to s.keys when `take` (up to kChunk; s.count counts them all). One shared atomic
+// per warp. Call from every lane of the warp.
+__device__ __forceinline__ void AppendKey(bool take, uint64_t key, SampleShared& s) {
+  const int lane = threadIdx.x & 31;
+  const unsigned takers = __ballot_sync(detail::kFullWarpMask, take);
+  if (takers == 0) return;
+  const int leader = __ffs(takers) - 1;
+  int first = 0;
+  if (lane == leader) first = atomicAdd(&s.count, __popc(takers));
+  first = __shfl_sync(detail::kFullWarpMask, first, leader);
+  if (take) {
+    const int slot = first + __popc(takers & ((1u << lane) - 1u));
+    if (slot < kChunk) s.keys[slot] = key;
   }
-  __syncthreads();
-  const int n = min(s.count, kChunk);
+}
+
+// Sorts s.keys[0, n) descending (bitonic, padded with key 0, which would need id 2^32 − 1 and so
+// sorts after every real key). Returns n.
+__device__ int SortKeysDescending(int n, SampleShared& s) {
   int padded = 1;
   while (padded < n) padded <<= 1;
-  // Key 0 would need id 2^32 − 1: padding with it sorts after every real key.
   for (int i = n + threadIdx.x; i < padded; i += kThreads) s.keys[i] = 0;
   __syncthreads();
   for (int k = 2; k <= padded; k <<= 1) {
@@ -210,6 +299,214 @@ __device__ int GatherSorted(const Candidates& c, bool has_bound, uint64_t bound,
   return n;
 }
 
+// Gathers the keys below `bound` whose bits under `mask` are ≥ `prefix` into s.keys and sorts them
+// descending. Returns how many there are (at most kChunk by construction).
+__device__ int GatherSorted(const Candidates& c, bool has_bound, uint64_t bound, uint64_t prefix,
+                            uint64_t mask, SampleShared& s) {
+  __syncthreads();  // s.count and s.keys may still be read by the previous step
+  if (threadIdx.x == 0) s.count = 0;
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  FOR_EACH_FOUR_IDS(base, c.vocab) {
+    uint64_t keys[4];
+    bool valid[4];
+    c.Keys4(base + 4 * lane, keys, valid);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const uint64_t key = keys[e];
+      AppendKey(valid[e] && (!has_bound || key < bound) && (key & mask) >= prefix, key, s);
+    }
+  }
+  __syncthreads();
+  return SortKeysDescending(min(s.count, kChunk), s);
+}
+
+// ---- The exact region (see the file comment) ----
+
+// The mass bin of a candidate, or −1 below the exact region.
+__device__ __forceinline__ int MassBin(uint64_t key) {
+  const uint32_t bits = static_cast<uint32_t>(key >> 32);
+  if (bits < kExactMinBits) return -1;
+  return min(static_cast<int>((bits - kExactMinBits) >> kMassBinShift), kMassBins - 1);
+}
+
+// p · 2^52 for a candidate of the exact region: an integer, exactly.
+__device__ __forceinline__ unsigned long long MassUnits(uint64_t key) {
+  return static_cast<unsigned long long>(static_cast<double>(KeyProb(key)) * 0x1p52);
+}
+
+// The smallest mass I (in units of 2^-52, at least 1) with I · 2^-52 ≥ x, i.e. the running mass
+// at which the CPU's `cumulative >= x` first holds; saturates for x beyond any mass.
+__device__ __forceinline__ unsigned long long MassUnitsAtLeast(double x) {
+  const double scaled = ceil(x * 0x1p52);
+  if (!(scaled >= 1.0)) return 1;
+  return scaled >= 0x1p62 ? (1ull << 62) : static_cast<unsigned long long>(scaled);
+}
+
+// The smallest mass I with I · 2^-52 > x (the CPU's `cumulative > x`).
+__device__ __forceinline__ unsigned long long MassUnitsAbove(double x) {
+  const double scaled = floor(x * 0x1p52);
+  if (!(scaled >= 0.0)) return 1;
+  return scaled >= 0x1p62 ? (1ull << 62) : static_cast<unsigned long long>(scaled) + 1;
+}
+
+// Bins the candidates of the kept set ((key & mask) ≥ prefix) that lie in the exact region by
+// mass bin — count and exact mass, warp-aggregated — then turns the bins into exclusive prefixes
+// from the top bin down and sets s.exact_mass / s.exact_count. Returns the mass of the kept
+// candidates below the exact region (a tree sum in double).
+__device__ double BuildMassBins(const Candidates& c, uint64_t prefix, uint64_t mask,
+                                SampleShared& s) {
+  __syncthreads();  // the bins may still be read by a previous step
+  s.bin_mass[threadIdx.x] = 0;
+  s.bin_count[threadIdx.x] = 0;
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  double tail = 0.0;
+  FOR_EACH_FOUR_IDS(base, c.vocab) {
+    uint64_t keys[4];
+    bool valid[4];
+    c.Keys4(base + 4 * lane, keys, valid);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const uint64_t key = keys[e];
+      int bin = -1;
+      unsigned long long units = 0;
+      if (valid[e] && (key & mask) >= prefix) {
+        bin = MassBin(key);
+        if (bin >= 0) {
+          units = MassUnits(key);
+        } else {
+          tail += KeyProb(key);
+        }
+      }
+      // Lanes of one bin add their masses in two 32-bit halves (units ≤ 2^52: 27 + 26 bits, so
+      // neither half overflows over 32 lanes), then one of them updates the bin.
+      const unsigned peers = __match_any_sync(detail::kFullWarpMask, bin);
+      const unsigned high = __reduce_add_sync(peers, static_cast<unsigned>(units >> 26));
+      const unsigned low =
+          __reduce_add_sync(peers, static_cast<unsigned>(units & ((1u << 26) - 1)));
+      if (bin >= 0 && lane == __ffs(peers) - 1) {
+        atomicAdd(&s.bin_mass[bin], (static_cast<unsigned long long>(high) << 26) + low);
+        atomicAdd(&s.bin_count[bin], __popc(peers));
+      }
+    }
+  }
+  const double tail_mass = BlockSumDouble(tail, s);  // its barriers also complete the bins
+
+  // Exclusive prefix over the bins in descending order: thread t holds bin kMassBins − 1 − t.
+  const int bin = kMassBins - 1 - threadIdx.x;
+  const unsigned long long mass = s.bin_mass[bin];
+  const int count = s.bin_count[bin];
+  unsigned long long mass_incl = mass;
+  int count_incl = count;
+#pragma unroll
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    const unsigned long long other_mass = __shfl_up_sync(detail::kFullWarpMask, mass_incl, offset);
+    const int other_count = __shfl_up_sync(detail::kFullWarpMask, count_incl, offset);
+    if (lane >= offset) {
+      mass_incl += other_mass;
+      count_incl += other_count;
+    }
+  }
+  if (lane == 31) {
+    s.scan_mass[warp] = mass_incl;
+    s.scan_count[warp] = count_incl;
+  }
+  __syncthreads();
+  unsigned long long warp_mass = 0;
+  int warp_count = 0;
+  for (int w = 0; w < warp; ++w) {
+    warp_mass += s.scan_mass[w];
+    warp_count += s.scan_count[w];
+  }
+  s.bin_mass[bin] = warp_mass + mass_incl - mass;
+  s.bin_count[bin] = warp_count + count_incl - count;
+  if (threadIdx.x == kThreads - 1) {
+    s.exact_mass = warp_mass + mass_incl;
+    s.exact_count = warp_count + count_incl;
+  }
+  __syncthreads();
+  return tail_mass;
+}
+
+// Mass and count of the bins above `bin` and including it (after BuildMassBins).
+__device__ __forceinline__ unsigned long long MassThrough(int bin, const SampleShared& s) {
+  return bin == 0 ? s.exact_mass : s.bin_mass[bin - 1];
+}
+__device__ __forceinline__ int CountThrough(int bin, const SampleShared& s) {
+  return bin == 0 ? s.exact_count : s.bin_count[bin - 1];
+}
+
+// The bin in which the running mass (from the top) first reaches `target` (1 ≤ target ≤
+// s.exact_mass), or −1 if none does.
+__device__ int FindMassBin(unsigned long long target, SampleShared& s) {
+  __syncthreads();
+  if (threadIdx.x == 0) s.found_bin = -1;
+  __syncthreads();
+  const int bin = threadIdx.x;
+  if (s.bin_mass[bin] < target && target <= MassThrough(bin, s)) s.found_bin = bin;
+  __syncthreads();
+  return s.found_bin;
+}
+
+// Gathers the kept candidates of mass bin `bin` into s.keys, sorted descending. The caller has
+// checked that the bin holds at most kChunk of them.
+__device__ int GatherMassBin(const Candidates& c, uint64_t prefix, uint64_t mask, int bin,
+                             SampleShared& s) {
+  __syncthreads();
+  if (threadIdx.x == 0) s.count = 0;
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  FOR_EACH_FOUR_IDS(base, c.vocab) {
+    uint64_t keys[4];
+    bool valid[4];
+    c.Keys4(base + 4 * lane, keys, valid);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const uint64_t key = keys[e];
+      AppendKey(valid[e] && (key & mask) >= prefix && MassBin(key) == bin, key, s);
+    }
+  }
+  __syncthreads();
+  return SortKeysDescending(min(s.count, kChunk), s);
+}
+
+// Walks the sorted s.keys[0, size) from running mass `start` (the bins above) and records the first
+// position whose running mass reaches `target` in s.found_index / found_mass / found_key
+// (found_index −1 if none). One warp, 32 candidates per step with an integer prefix sum.
+__device__ void WalkMassBin(unsigned long long start, unsigned long long target, int size,
+                            SampleShared& s) {
+  __syncthreads();
+  if (threadIdx.x == 0) s.found_index = -1;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    unsigned long long base = start;
+    for (int offset = 0; offset < size; offset += 32) {
+      const int i = offset + lane;
+      unsigned long long running = i < size ? MassUnits(s.keys[i]) : 0;
+#pragma unroll
+      for (int step = 1; step < 32; step <<= 1) {
+        const unsigned long long other = __shfl_up_sync(detail::kFullWarpMask, running, step);
+        if (lane >= step) running += other;
+      }
+      const unsigned reached =
+          __ballot_sync(detail::kFullWarpMask, i < size && base + running >= target);
+      if (reached != 0) {
+        if (lane == __ffs(reached) - 1) {
+          s.found_index = i;
+          s.found_mass = base + running;
+          s.found_key = s.keys[i];
+        }
+        break;
+      }
+      base += __shfl_sync(detail::kFullWarpMask, running, 31);
+    }
+  }
+  __syncthreads();
+}
+
 // The next chunk of the sorted order: the min(kChunk, limit) largest keys below `bound`, sorted
 // into s.keys. Returns its size (0 when nothing is left).
 __device__ int NextChunk(const Candidates& c, bool has_bound, uint64_t bound, int limit,
@@ -217,7 +514,13 @@ __device__ int NextChunk(const Candidates& c, bool has_bound, uint64_t bound, in
   int eligible = c.vocab;
   if (has_bound) {
     int local = 0;
-    for (int i = threadIdx.x; i < c.vocab; i += kThreads) local += c.Key(i) < bound ? 1 : 0;
+    for (int i = threadIdx.x * 4; i < c.vocab; i += kThreads * 4) {
+      uint64_t keys[4];
+      bool valid[4];
+      c.Keys4(i, keys, valid);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) local += valid[e] && keys[e] < bound ? 1 : 0;
+    }
     eligible = BlockSumInt(local, s);
   }
   const int m = min(min(kChunk, limit), eligible);
@@ -278,9 +581,14 @@ __global__ void __launch_bounds__(kThreads)
   if (!(param.temperature > 0.0f)) {
     float best_v = -INFINITY;
     int best_i = 0;
-    for (int i = threadIdx.x; i < vocab; i += kThreads) {
-      const float v = ToFloat(row[i]);
-      if (Better(v, i, best_v, best_i)) best_v = v, best_i = i;
+    const bool row_vectorised = AlignedForFour(row);
+    for (int i = threadIdx.x * 4; i < vocab; i += kThreads * 4) {
+      float v[4];
+      LoadFour(row, i, vocab, row_vectorised, v);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        if (i + e < vocab && Better(v[e], i + e, best_v, best_i)) best_v = v[e], best_i = i + e;
+      }
     }
     const int answer = BlockArgmax(best_v, best_i, s);
     if (threadIdx.x == 0) out[row_index] = answer;
@@ -291,26 +599,51 @@ __global__ void __launch_bounds__(kThreads)
   // (evaluated in double, hence correctly rounded but for rare last-ulp cases), double sum, fp32
   // normaliser.
   const float inv_temperature = 1.0f / param.temperature;
+  const bool row_vectorised = AlignedForFour(row);
   float local_max = -INFINITY;
-  for (int i = threadIdx.x; i < vocab; i += kThreads) local_max = fmaxf(local_max, ToFloat(row[i]));
+  for (int i = threadIdx.x * 4; i < vocab; i += kThreads * 4) {
+    float v[4];
+    LoadFour(row, i, vocab, row_vectorised, v);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (i + e < vocab) local_max = fmaxf(local_max, v[e]);
+    }
+  }
   const float max_logit = BlockMaxFloat(local_max, s);
   float* unnormalised = workspace + row_index * vocab;
+  const bool work_vectorised = AlignedForFour(unnormalised);
   double local_sum = 0.0;
-  for (int i = threadIdx.x; i < vocab; i += kThreads) {
-    const float argument = (ToFloat(row[i]) - max_logit) * inv_temperature;
-    const float prob = static_cast<float>(exp(static_cast<double>(argument)));
-    unnormalised[i] = prob;
-    local_sum += prob;
+  for (int i = threadIdx.x * 4; i < vocab; i += kThreads * 4) {
+    float v[4];
+    LoadFour(row, i, vocab, row_vectorised, v);
+    float prob[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float argument = (v[e] - max_logit) * inv_temperature;
+      prob[e] = i + e < vocab ? static_cast<float>(exp(static_cast<double>(argument))) : 0.0f;
+      local_sum += prob[e];
+    }
+    if (work_vectorised && i + 4 <= vocab) {
+      *reinterpret_cast<float4*>(unnormalised + i) = make_float4(prob[0], prob[1], prob[2], prob[3]);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        if (i + e < vocab) unnormalised[i + e] = prob[e];
+      }
+    }
   }
   const double sum = BlockSumDouble(local_sum, s);
-  const Candidates candidates{unnormalised, vocab, static_cast<float>(1.0 / sum)};
+  const Candidates candidates{unnormalised, vocab, static_cast<float>(1.0 / sum), work_vectorised};
   __syncthreads();  // the stored probabilities are visible block-wide (each thread wrote its own)
 
   const int kept_by_top_k =
       param.top_k > 0 && param.top_k < vocab ? param.top_k : vocab;
+  const double uniform = SamplingUniform(param.seed, rng_step[row_index]);
   ChunkCache cache;
-  // Mass of the first kept_by_top_k candidates in sorted order.
-  double kept_mass = 0.0;
+  double kept_mass = 0.0;  // mass of the first kept_by_top_k candidates in sorted order
+  int kept = kept_by_top_k;
+  bool nucleus_done = !(param.top_p < 1.0f);  // kept / kept_mass final
+  int answer = -1;                            // ≥ 0 once the draw is known
   if (kept_by_top_k <= kChunk) {
     WalkSorted(candidates, kept_by_top_k, cache, s, [&](const uint64_t* keys, int size) {
       double mass = 0.0;
@@ -321,22 +654,75 @@ __global__ void __launch_bounds__(kThreads)
     kept_mass = s.walk_cumulative;
     __syncthreads();
   } else {
+    // The kept set: all candidates, or the top_k largest keys (those ≥ prefix under mask).
     uint64_t prefix = 0;
     uint64_t mask = 0;
     if (kept_by_top_k < vocab) {
       RadixSelect(candidates, false, 0, kept_by_top_k, s, &prefix, &mask);
     }
-    double local = 0.0;
-    for (int i = threadIdx.x; i < vocab; i += kThreads) {
-      const uint64_t key = candidates.Key(i);
-      if ((key & mask) >= prefix) local += KeyProb(key);
+    const double tail_mass = BuildMassBins(candidates, prefix, mask, s);
+    const unsigned long long exact_mass = s.exact_mass;
+    // The CPU's sequential sum is exact over the exact region, so only the tail's part of this
+    // can differ from it in the last bits.
+    kept_mass = static_cast<double>(exact_mass) * 0x1p-52 + tail_mass;
+
+    // Nucleus inside the exact region: the first candidate at which the running mass reaches
+    // top_p × kept_mass.
+    int sorted_bin = -1;  // the mass bin whose sorted candidates s.keys holds
+    int sorted_size = 0;
+    unsigned long long nucleus_units = 0;
+    uint64_t nucleus_last_key = 0;
+    if (!nucleus_done) {
+      const unsigned long long needed =
+          MassUnitsAtLeast(static_cast<double>(param.top_p) * kept_mass);
+      if (needed <= exact_mass) {
+        const int bin = FindMassBin(needed, s);
+        if (bin >= 0 && CountThrough(bin, s) - s.bin_count[bin] <= kChunk) {
+          sorted_size = GatherMassBin(candidates, prefix, mask, bin, s);
+          sorted_bin = bin;
+          WalkMassBin(s.bin_mass[bin], needed, sorted_size, s);
+          if (s.found_index >= 0) {
+            kept = s.bin_count[bin] + s.found_index + 1;
+            nucleus_units = s.found_mass;
+            nucleus_last_key = s.found_key;
+            kept_mass = static_cast<double>(nucleus_units) * 0x1p-52;  // what the CPU holds
+            nucleus_done = true;
+          }
+        }
+      }
     }
-    kept_mass = BlockSumDouble(local, s);
+    // Draw inside the exact region: the first kept candidate whose running mass exceeds
+    // u × kept_mass. Without a nucleus the kept set may reach into the tail: then only a target
+    // within the exact region is resolved here.
+    if (nucleus_done) {
+      const bool has_nucleus = param.top_p < 1.0f;
+      const unsigned long long limit = has_nucleus ? nucleus_units : exact_mass;
+      const unsigned long long above = MassUnitsAbove(uniform * kept_mass);
+      if (above > limit) {
+        // Rounding left no candidate above the target: the CPU takes the last kept one.
+        if (has_nucleus) answer = KeyId(nucleus_last_key);
+      } else {
+        const int bin = FindMassBin(above, s);
+        if (bin >= 0) {
+          int size = -1;
+          if (bin == sorted_bin) {
+            size = sorted_size;
+          } else if (CountThrough(bin, s) - s.bin_count[bin] <= kChunk) {
+            size = GatherMassBin(candidates, prefix, mask, bin, s);
+          }
+          if (size >= 0) {
+            WalkMassBin(s.bin_mass[bin], above, size, s);
+            if (s.found_index >= 0) answer = KeyId(s.found_key);
+          }
+        }
+      }
+    }
+    __syncthreads();  // s.keys is reused by the chunk walks below
   }
 
+  // The chunk walks: every case the exact region did not settle.
   // Nucleus: the smallest sorted prefix whose running mass reaches top_p × kept mass.
-  int kept = kept_by_top_k;
-  if (param.top_p < 1.0f) {
+  if (!nucleus_done) {
     const double threshold = static_cast<double>(param.top_p) * kept_mass;
     if (threadIdx.x == 0) {
       s.walk_cumulative = 0.0;
@@ -365,30 +751,33 @@ __global__ void __launch_bounds__(kThreads)
   }
 
   // Inverse CDF: the first kept candidate whose running mass exceeds u × kept mass, else the last.
-  const double target = SamplingUniform(param.seed, rng_step[row_index]) * kept_mass;
-  if (threadIdx.x == 0) {
-    s.walk_cumulative = 0.0;
-    s.walk_count = 0;
-    s.answer = -1;
-  }
-  __syncthreads();
-  WalkSorted(candidates, kept, cache, s, [&](const uint64_t* keys, int size) {
-    double cumulative = s.walk_cumulative;
-    int count = s.walk_count;
-    for (int i = 0; i < size && count < kept; ++i) {
-      cumulative += KeyProb(keys[i]);
-      ++count;
-      s.answer = KeyId(keys[i]);  // the last kept candidate unless a later one is chosen
-      if (cumulative > target) {
-        s.walk_count = count;
-        return true;
-      }
+  if (answer < 0) {
+    const double target = uniform * kept_mass;
+    if (threadIdx.x == 0) {
+      s.walk_cumulative = 0.0;
+      s.walk_count = 0;
+      s.answer = -1;
     }
-    s.walk_cumulative = cumulative;
-    s.walk_count = count;
-    return false;
-  });
-  if (threadIdx.x == 0) out[row_index] = s.answer;
+    __syncthreads();
+    WalkSorted(candidates, kept, cache, s, [&](const uint64_t* keys, int size) {
+      double cumulative = s.walk_cumulative;
+      int count = s.walk_count;
+      for (int i = 0; i < size && count < kept; ++i) {
+        cumulative += KeyProb(keys[i]);
+        ++count;
+        s.answer = KeyId(keys[i]);  // the last kept candidate unless a later one is chosen
+        if (cumulative > target) {
+          s.walk_count = count;
+          return true;
+        }
+      }
+      s.walk_cumulative = cumulative;
+      s.walk_count = count;
+      return false;
+    });
+    answer = s.answer;
+  }
+  if (threadIdx.x == 0) out[row_index] = answer;
 }
 
 template <typename T>
@@ -405,6 +794,8 @@ cudaError_t LaunchSample(const T* logits, int batch, int vocab, const SamplingPa
                                                   static_cast<float*>(workspace), out);
   return cudaGetLastError();
 }
+
+#undef FOR_EACH_FOUR_IDS
 
 }  // namespace
 

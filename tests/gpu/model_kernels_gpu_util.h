@@ -83,14 +83,18 @@ class DeviceBuffer {
                     << cudaGetErrorString(e);
     }
   }
+  // An empty `host` leaves a valid 1-element allocation (kernels may still be handed the pointer)
+  // and copies nothing.
   void Upload(const std::vector<T>& host) {
-    if (host.size() != count_) Allocate(host.size());
+    if (host.size() != count_ || ptr_ == nullptr) Allocate(host.size());
+    if (host.empty() || ptr_ == nullptr) return;
     const cudaError_t e =
         cudaMemcpy(ptr_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice);
     if (e != cudaSuccess) ADD_FAILURE() << "upload failed: " << cudaGetErrorString(e);
   }
   std::vector<T> Download() const {
     std::vector<T> host(count_);
+    if (count_ == 0 || ptr_ == nullptr) return host;
     const cudaError_t e = cudaMemcpy(host.data(), ptr_, count_ * sizeof(T), cudaMemcpyDeviceToHost);
     if (e != cudaSuccess) ADD_FAILURE() << "download failed: " << cudaGetErrorString(e);
     return host;

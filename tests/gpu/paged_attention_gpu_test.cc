@@ -176,6 +176,7 @@ TEST_P(DecodeAttentionGpuTest, MatchesTheCpuReference) {
       cuda::DecodeAttentionWorkspaceBytes(plan, num_seqs, c.num_q_heads, c.head_dim);
   DeviceBuffer<char> workspace(workspace_bytes);
   DeviceBatch d(batch);
+  ASSERT_CUDA_OK(cudaMemset(d.out.get(), 0xff, batch.q.size() * 2));  // NaN until written
   ASSERT_CUDA_OK(cuda::PagedDecodeAttention(
       AsBf16(d.q.get()), c.num_q_heads, d.kv_lens.get(), num_seqs, d.block_table.get(),
       batch.max_blocks_per_seq, batch.layout, AsBf16(d.k_cache.get()), AsBf16(d.v_cache.get()),
@@ -212,10 +213,14 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST(DecodeAttentionGpuEdgeTest, EmptySequenceGivesZeros) {
   SKIP_WITHOUT_CUDA_DEVICE();
+  // Sequence 0 has no key at all (its block-table row is all poison): the kernel must neither
+  // read the table nor the cache for it. The CPU reference gives zeros for it too.
   const PagedBatch batch = MakeBatch(8, 2, 128, 16, {1, 1}, {0, 20}, 43);
+  const std::vector<float> expected = Reference(batch, 0.1f);
   for (const bool tensor_cores : {false, true}) {
     SCOPED_TRACE(tensor_cores ? "tensor cores" : "CUDA cores");
     DeviceBatch d(batch);
+    ASSERT_CUDA_OK(cudaMemset(d.out.get(), 0xff, batch.q.size() * 2));  // NaN until written
     const cuda::DecodeAttentionPlan plan{3, 64, tensor_cores};
     const size_t workspace_bytes = cuda::DecodeAttentionWorkspaceBytes(plan, 2, 8, 128);
     DeviceBuffer<char> workspace(workspace_bytes);
@@ -227,7 +232,6 @@ TEST(DecodeAttentionGpuEdgeTest, EmptySequenceGivesZeros) {
     const std::vector<float> out = testing::Bf16ToFloats(d.out.Download());
     for (int i = 0; i < 8 * 128; ++i) ASSERT_EQ(out[i], 0.0f) << "element " << i;
     // The second sequence is still right.
-    const std::vector<float> expected = Reference(batch, 0.1f);
     EXPECT_CLOSE_BF16(std::vector<float>(out.begin() + 8 * 128, out.end()),
                       std::vector<float>(expected.begin() + 8 * 128, expected.end()), 1e-2,
                       "second sequence");
@@ -270,7 +274,7 @@ TEST(DecodeAttentionGpuEdgeTest, ReplaysFromACapturedCudaGraph) {
   const size_t workspace_bytes = cuda::DecodeAttentionWorkspaceBytes(plan, 3, 32, 128);
   DeviceBuffer<char> workspace(workspace_bytes);
   DeviceBatch d(batch);
-  ASSERT_CUDA_OK(cudaMemset(d.out.get(), 0, batch.q.size() * 2));
+  ASSERT_CUDA_OK(cudaMemset(d.out.get(), 0xff, batch.q.size() * 2));  // NaN until written
   cudaStream_t stream = nullptr;
   ASSERT_CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   cudaGraph_t graph = nullptr;

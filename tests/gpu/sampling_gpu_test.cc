@@ -2,6 +2,10 @@
 // seeds and steps: greedy (with tied maxima), temperature only, top-k below and above the
 // 4096-candidate chunk, top-p with and without top-k, Qwen3's recommended settings, many exact
 // ties (bf16 logits, integer-valued logits), vocabularies from 50 to 151936, fp32 and bf16 logits.
+// Without top-k, the kernel settles the nucleus and the draw inside the "exact region" (binned
+// probabilities ≥ 2^-29) and falls back to its chunk walk when a crossing lies below that or in a
+// bin of more than 4096 candidates: flat logits (nuclei of ~30K candidates), top_p 0.9999 and
+// 151936 integer-valued logits (bins of ~15K tied candidates) exercise both.
 #include "kernels/sampling.h"
 
 #include <gtest/gtest.h>
@@ -18,12 +22,13 @@ namespace {
 using testing::AsBf16;
 using testing::DeviceBuffer;
 
-enum class LogitKind { kNormal, kBf16Rounded, kIntegerTies, kPeaked };
+enum class LogitKind { kNormal, kBf16Rounded, kIntegerTies, kPeaked, kFlat };
 
 std::vector<float> MakeLogits(int batch, int vocab, LogitKind kind, uint32_t seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::uniform_int_distribution<int> small_int(0, 9);
+  std::uniform_real_distribution<float> flat(-8.4f, 8.4f);
   std::vector<float> logits(size_t{1} * batch * vocab);
   for (float& x : logits) {
     switch (kind) {
@@ -31,6 +36,7 @@ std::vector<float> MakeLogits(int batch, int vocab, LogitKind kind, uint32_t see
       case LogitKind::kBf16Rounded: x = Bf16ToFloat(FloatToBf16(3.0f * normal(rng))); break;
       case LogitKind::kIntegerTies: x = static_cast<float>(small_int(rng)); break;
       case LogitKind::kPeaked: x = 6.0f * normal(rng); break;
+      case LogitKind::kFlat: x = flat(rng); break;  // the benchmark's logits
     }
   }
   return logits;
@@ -50,6 +56,8 @@ std::vector<SamplingParams> ParamsCycle() {
       {1.0f, 1 << 30, 1.0f, 9}, // top-k ≥ vocab: disabled
       {1.0f, 0, 0.01f, 10},     // tiny nucleus
       {2.0f, 4096, 0.99f, 11},  // top-k exactly one chunk
+      {1.0f, 0, 0.9999f, 12},   // the nucleus may reach below 2^-29: the chunk walk
+      {0.6f, 0, 0.95f, 13},     // top-p only, sharper
   };
 }
 
@@ -141,6 +149,9 @@ INSTANTIATE_TEST_SUITE_P(
                       SamplingCase{"qwen_vocab_peaked", 151936, 22, LogitKind::kPeaked, false},
                       SamplingCase{"qwen_vocab_bf16_logits", 151936, 11, LogitKind::kBf16Rounded,
                                    true},
+                      SamplingCase{"qwen_vocab_flat", 151936, 26, LogitKind::kFlat, false},
+                      SamplingCase{"qwen_vocab_integer_ties", 151936, 13, LogitKind::kIntegerTies,
+                                   false},
                       SamplingCase{"integer_ties", 32000, 22, LogitKind::kIntegerTies, false},
                       SamplingCase{"bf16_rounded_ties", 8192, 33, LogitKind::kBf16Rounded, false},
                       SamplingCase{"tiny_vocab", 50, 11, LogitKind::kNormal, false}),

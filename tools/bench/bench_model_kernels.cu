@@ -1,13 +1,16 @@
 // Benchmark of the model-forward kernels other than attention, at Qwen3-8B shapes (hidden 4096,
 // intermediate 12288, Hq 32, Hkv 8, d 128, vocab 151936):
-//   - cuBLASLt linear layers at decode batch sizes (m = 1, 16, 64): weight-streaming bandwidth
-//     (bytes = weights + activations in and out) against the 4.28 TB/s floor, and a prefill GEMM in
-//     TFLOP/s;
+//   - linear layers at decode batch sizes (m = 1, 4, 16, 32, 64) on cuBLASLt and on the skinny
+//     kernel side by side (`*`: what GemmBackend::kAuto picks): weight-streaming bandwidth (bytes =
+//     weights + activations in and out) against the 4.28 TB/s floor; the B = 1 decode step's
+//     linears summed; a sweep of skinny CTA shapes; a prefill GEMM in TFLOP/s;
 //   - the elementwise / row kernels (embedding, fused add-RMSNorm, q/k norm + RoPE, SiluAndMul,
 //     KV append) at a decode batch and a prefill chunk, as bandwidth;
-//   - sampling at batch 64 over the full vocabulary (greedy and Qwen3's T 0.6 / top-k 20 /
-//     top-p 0.95) as time.
+//   - sampling at batch 64 over the full vocabulary (greedy, Qwen3's T 0.6 / top-k 20 /
+//     top-p 0.95, top-p without top-k, plain temperature, top-k above one chunk) as time.
+// Every timed run starts with L2 flushed clean (model_bench_common.cuh, L2Flush).
 // Prints a table; --json FILE writes it; --quick runs fewer shapes.
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <numeric>
@@ -48,15 +51,78 @@ constexpr LinearShape kLinears[] = {
     {"lm_head", kVocab, kHidden},
 };
 
+// Times one linear layer shape on one backend and returns its row. `config` is used for the
+// skinny kernel (through kernels::cuda::SkinnyGemm directly, with its own workspace).
+BenchRow TimeLinear(Timer& timer, const BenchFlags& flags, kernels::cuda::CublasLtGemm* lt,
+                    const kernels::cuda::SkinnyGemmConfig* config, const LinearShape& shape,
+                    int m, const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y,
+                    void* skinny_workspace, size_t skinny_workspace_bytes, const char* suffix,
+                    L2Flush flush = L2Flush::kClean) {
+  double micros = 0.0;
+  if (config == nullptr) {
+    micros = timer.MedianMicros(
+        [&](cudaStream_t s) {
+          const absl::Status run = lt->Run(x, w, nullptr, m, shape.n, shape.k, y, s);
+          if (!run.ok()) {
+            std::fprintf(stderr, "FAIL: %s\n", run.ToString().c_str());
+            std::exit(1);
+          }
+        },
+        flags.warmup, flags.reps, flush);
+  } else {
+    micros = timer.MedianMicros(
+        [&](cudaStream_t s) {
+          BENCH_CHECK_CUDA(kernels::cuda::SkinnyGemm(x, w, nullptr, m, shape.n, shape.k, *config,
+                                                     skinny_workspace, skinny_workspace_bytes, y,
+                                                     s));
+        },
+        flags.warmup, flags.reps, flush);
+  }
+  BenchRow row;
+  row.kernel = std::string("gemm_") + shape.name + "_" + (config ? "skinny" : "cublaslt") + suffix;
+  row.shape = "m=" + std::to_string(m) + " n=" + std::to_string(shape.n) +
+              " k=" + std::to_string(shape.k);
+  if (config != nullptr) {
+    row.shape += " R=" + std::to_string(config->row_groups_per_cta) +
+                 " S=" + std::to_string(config->k_splits);
+    row.extra = "\"backend\": \"skinny\", \"row_groups_per_cta\": " +
+                std::to_string(config->row_groups_per_cta) +
+                ", \"k_splits\": " + std::to_string(config->k_splits);
+  } else {
+    row.extra = "\"backend\": \"cublaslt\"";
+  }
+  row.micros = micros;
+  row.bytes = 2.0 * (double(shape.n) * shape.k + double(m) * shape.k + double(m) * shape.n);
+  row.flops = 2.0 * m * double(shape.n) * shape.k;
+  return row;
+}
+
+// Decode-sized linear layers on both backends side by side (cuBLASLt forced, the skinny kernel
+// with PlanSkinnyGemm's configuration; `*` marks what GemmBackend::kAuto runs), a sweep of skinny
+// CTA shapes / k splits (for tuning PlanSkinnyGemm), one cuBLASLt row timed after a dirty L2
+// flush (the first run's method, to show what it cost), the B = 1 decode step's linears summed
+// against their weight-read floor, and a prefill GEMM in TFLOP/s.
 void BenchGemms(Timer& timer, const BenchFlags& flags, std::vector<BenchRow>* rows) {
-  auto created = kernels::cuda::CublasLtGemm::Create();
-  if (!created.ok()) {
-    std::fprintf(stderr, "FAIL: %s\n", created.status().ToString().c_str());
+  auto created_lt = kernels::cuda::CublasLtGemm::Create();
+  auto created_auto = kernels::cuda::CublasLtGemm::Create();
+  if (!created_lt.ok() || !created_auto.ok()) {
+    std::fprintf(stderr, "FAIL: %s\n",
+                 (created_lt.ok() ? created_auto.status() : created_lt.status()).ToString().c_str());
     std::exit(1);
   }
-  kernels::cuda::CublasLtGemm& gemm = **created;
+  kernels::cuda::CublasLtGemm& lt = **created_lt;
+  kernels::cuda::CublasLtGemm& automatic = **created_auto;  // only asked which backend it picks
+  const size_t skinny_workspace_bytes = size_t{64} << 20;
+  void* skinny_workspace = DeviceAlloc<char>(skinny_workspace_bytes);
+  BENCH_CHECK_CUDA(cudaMemset(skinny_workspace, 0, skinny_workspace_bytes));
   const std::vector<int> batch_sizes =
-      flags.quick ? std::vector<int>{1, 64} : std::vector<int>{1, 16, 64};
+      flags.quick ? std::vector<int>{1, 16, 64} : std::vector<int>{1, 4, 16, 32, 64};
+  std::vector<BenchRow> sweep;
+  // Per-layer linears at m = 1: the time of the backend kAuto picks, and the floor.
+  double step_auto_us = 0.0;
+  double step_best_us = 0.0;
+  double step_floor_us = 0.0;
+  constexpr int kLayers = 36;  // Qwen3-8B
   for (const LinearShape& shape : kLinears) {
     const size_t w_elems = size_t{1} * shape.n * shape.k;
     __nv_bfloat16* w = DeviceAlloc<__nv_bfloat16>(w_elems);
@@ -65,34 +131,91 @@ void BenchGemms(Timer& timer, const BenchFlags& flags, std::vector<BenchRow>* ro
       __nv_bfloat16* x = DeviceAlloc<__nv_bfloat16>(size_t{1} * m * shape.k);
       __nv_bfloat16* y = DeviceAlloc<__nv_bfloat16>(size_t{1} * m * shape.n);
       FillRandom(x, size_t{1} * m * shape.k, 12);
-      const absl::Status planned = gemm.Plan(m, shape.n, shape.k, false);
-      if (!planned.ok()) {
-        std::fprintf(stderr, "FAIL: %s\n", planned.ToString().c_str());
-        std::exit(1);
+      for (const absl::Status& planned :
+           {lt.Plan(m, shape.n, shape.k, false, kernels::cuda::GemmBackend::kCublasLt),
+            automatic.Plan(m, shape.n, shape.k, false)}) {
+        if (!planned.ok()) {
+          std::fprintf(stderr, "FAIL: %s\n", planned.ToString().c_str());
+          std::exit(1);
+        }
       }
-      const double micros = timer.MedianMicros(
-          [&](cudaStream_t s) {
-            const absl::Status run = gemm.Run(x, w, nullptr, m, shape.n, shape.k, y, s);
-            if (!run.ok()) {
-              std::fprintf(stderr, "FAIL: %s\n", run.ToString().c_str());
-              std::exit(1);
+      const kernels::cuda::GemmBackend picked = automatic.PlannedBackend(m, shape.n, shape.k, false);
+      BenchRow lt_row = TimeLinear(timer, flags, &lt, nullptr, shape, m, x, w, y, nullptr, 0, "");
+      BenchRow skinny_row;
+      const bool skinny_ok = kernels::cuda::SkinnyGemmSupports(m, shape.n, shape.k);
+      if (skinny_ok) {
+        kernels::cuda::SkinnyGemmConfig config;
+        BENCH_CHECK_CUDA(kernels::cuda::PlanSkinnyGemm(
+            m, shape.n, shape.k, kernels::cuda::CublasLtGemm::kSkinnyWorkspaceBytes, &config));
+        skinny_row = TimeLinear(timer, flags, nullptr, &config, shape, m, x, w, y,
+                                skinny_workspace, skinny_workspace_bytes, "");
+      }
+      BenchRow& picked_row =
+          picked == kernels::cuda::GemmBackend::kSkinny && skinny_ok ? skinny_row : lt_row;
+      picked_row.shape += " *";
+      picked_row.extra += ", \"auto_pick\": true";
+      rows->push_back(lt_row);
+      PrintRow(lt_row);
+      if (skinny_ok) {
+        rows->push_back(skinny_row);
+        PrintRow(skinny_row);
+      }
+      if (m == 1) {
+        const double floor_us = lt_row.bytes / kReferenceBandwidthBytesPerSecond * 1e6;
+        const int repeat = std::string(shape.name) == "lm_head" ? 1 : kLayers;
+        step_auto_us += repeat * picked_row.micros;
+        step_best_us +=
+            repeat * (skinny_ok ? std::min(lt_row.micros, skinny_row.micros) : lt_row.micros);
+        step_floor_us += repeat * floor_us;
+        if (std::string(shape.name) == "o_proj") {
+          BenchRow dirty =
+              TimeLinear(timer, flags, &lt, nullptr, shape, m, x, w, y, nullptr, 0,
+                         "_dirtyL2", L2Flush::kDirty);
+          dirty.extra += ", \"l2_flush\": \"dirty\"";
+          rows->push_back(dirty);
+          PrintRow(dirty);
+        }
+      }
+      // Tuning data: every CTA shape and a few k splits at m = 1 and 16.
+      if (!flags.quick && skinny_ok && (m == 1 || m == 16) &&
+          std::string(shape.name) != "lm_head") {
+        for (const int r : {1, 2, 4}) {
+          for (const int splits : {1, 2, 4}) {
+            const kernels::cuda::SkinnyGemmConfig config{r, splits};
+            if (kernels::cuda::SkinnyGemmWorkspaceBytes(config, m, shape.n) >
+                skinny_workspace_bytes) {
+              continue;
             }
-          },
-          flags.warmup, flags.reps);
-      BenchRow row;
-      row.kernel = std::string("gemm_") + shape.name;
-      row.shape = "m=" + std::to_string(m) + " n=" + std::to_string(shape.n) +
-                  " k=" + std::to_string(shape.k);
-      row.micros = micros;
-      row.bytes = 2.0 * (double(w_elems) + double(m) * shape.k + double(m) * shape.n);
-      row.flops = 2.0 * m * double(shape.n) * shape.k;
-      rows->push_back(row);
-      PrintRow(row);
+            sweep.push_back(TimeLinear(timer, flags, nullptr, &config, shape, m, x, w, y,
+                                       skinny_workspace, skinny_workspace_bytes, "_sweep"));
+          }
+        }
+      }
       cudaFree(x);
       cudaFree(y);
     }
     cudaFree(w);
   }
+  BenchRow step;
+  step.kernel = "decode_step_linears_auto";
+  step.shape = "Qwen3-8B B=1: 36 layers + lm_head";
+  step.micros = step_auto_us;
+  step.bytes = step_floor_us * 1e-6 * kReferenceBandwidthBytesPerSecond;
+  step.extra = "\"best_backend_per_shape_us\": " + std::to_string(step_best_us);
+  rows->push_back(step);
+  PrintRow(step);
+  std::printf("%-30s %-44s %11.2f   (best backend per shape; floor %.2f us)\n",
+              "decode_step_linears_best", "Qwen3-8B B=1: 36 layers + lm_head", step_best_us,
+              step_floor_us);
+  if (!sweep.empty()) {
+    std::printf("skinny GEMM sweep (R = 32-row groups per CTA, S = k splits):\n");
+    for (BenchRow& row : sweep) {
+      PrintRow(row);
+      rows->push_back(std::move(row));
+    }
+  }
+  cudaFree(skinny_workspace);
+
   // A prefill chunk: compute-bound, reported in TFLOP/s.
   {
     const int m = 4096;
@@ -102,10 +225,10 @@ void BenchGemms(Timer& timer, const BenchFlags& flags, std::vector<BenchRow>* ro
     __nv_bfloat16* y = DeviceAlloc<__nv_bfloat16>(size_t{1} * m * shape.n);
     FillRandom(w, size_t{1} * shape.n * shape.k, 13, 0.02f);
     FillRandom(x, size_t{1} * m * shape.k, 14);
-    if (!gemm.Plan(m, shape.n, shape.k, false).ok()) std::exit(1);
+    if (!lt.Plan(m, shape.n, shape.k, false).ok()) std::exit(1);
     const double micros = timer.MedianMicros(
         [&](cudaStream_t s) {
-          if (!gemm.Run(x, w, nullptr, m, shape.n, shape.k, y, s).ok()) std::exit(1);
+          if (!lt.Run(x, w, nullptr, m, shape.n, shape.k, y, s).ok()) std::exit(1);
         },
         flags.warmup, flags.reps);
     BenchRow row;
@@ -274,6 +397,9 @@ void BenchSampling(Timer& timer, const BenchFlags& flags, std::vector<BenchRow>*
       {"greedy", kernels::SamplingParams{0.0f, 0, 1.0f, 1}},
       {"T0.6_topk20_topp0.95", kernels::SamplingParams{0.6f, 20, 0.95f, 1}},
       {"T1.0_topp0.95", kernels::SamplingParams{1.0f, 0, 0.95f, 1}},
+      {"T0.6_topp0.95", kernels::SamplingParams{0.6f, 0, 0.95f, 1}},
+      {"T1.0", kernels::SamplingParams{1.0f, 0, 1.0f, 1}},
+      {"T1.0_topk5000_topp0.9", kernels::SamplingParams{1.0f, 5000, 0.9f, 1}},
   };
   for (const auto& [name, config] : configs) {
     const std::vector<kernels::SamplingParams> host(batch, config);

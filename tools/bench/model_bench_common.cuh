@@ -1,6 +1,6 @@
 // Shared plumbing of the model-kernel benchmarks: checked CUDA calls (a failure prints the call and
-// exits non-zero), random device data, CUDA-event timing (median after warm-up, L2 flushed before
-// every timed repetition), a printed table and a JSON report.
+// exits non-zero), random device data, CUDA-event timing (median after warm-up, L2 flushed clean
+// before every timed repetition), a printed table and a JSON report.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -75,9 +75,31 @@ T* DeviceAlloc(size_t count) {
   return static_cast<T*>(p);
 }
 
+// Reads `n` 16-byte words so that they, and nothing else, are in L2 afterwards: clean lines.
+__global__ void ReadFlushKernel(const uint4* __restrict__ data, size_t n, uint32_t* sink) {
+  uint32_t folded = 0;
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n;
+       i += size_t{gridDim.x} * blockDim.x) {
+    const uint4 v = data[i];
+    folded ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (folded == 0x9e3779b9u) *sink = folded;  // keeps the loads; the buffer is all zeros
+}
+
+// How the L2 cache is emptied before each timed run.
+enum class L2Flush {
+  // Read a buffer larger than L2: the timed kernel starts cold with only clean lines in L2, as a
+  // decode step does (the kernels before it write little). The default.
+  kClean,
+  // Write a buffer larger than L2 (the first GPU run's method): ~50 MB of dirty lines stay in L2
+  // and the timed kernel pays their write-back, which understates a bandwidth-bound kernel by up
+  // to 2x (e.g. a 33 MB GEMM). Kept only to show that effect next to the clean numbers.
+  kDirty,
+};
+
 // Times `launch` (which enqueues on `stream`) `reps` times after `warmup` untimed runs, each timed
-// run preceded by an untimed write of a buffer larger than L2 so no run starts with a warm cache.
-// Returns the median in microseconds.
+// run preceded by an untimed L2 flush (see L2Flush) so no run starts with a warm cache. Returns
+// the median in microseconds.
 class Timer {
  public:
   Timer() {
@@ -85,22 +107,36 @@ class Timer {
     BENCH_CHECK_CUDA(cudaEventCreate(&start_));
     BENCH_CHECK_CUDA(cudaEventCreate(&stop_));
     flush_ = DeviceAlloc<char>(kFlushBytes);
+    sink_ = DeviceAlloc<uint32_t>(1);
+    BENCH_CHECK_CUDA(cudaMemset(flush_, 0, kFlushBytes));
+    BENCH_CHECK_CUDA(cudaDeviceSynchronize());
   }
   ~Timer() {
     cudaFree(flush_);
+    cudaFree(sink_);
     cudaEventDestroy(start_);
     cudaEventDestroy(stop_);
     cudaStreamDestroy(stream_);
   }
   cudaStream_t stream() const { return stream_; }
 
+  void Flush(L2Flush mode) {
+    if (mode == L2Flush::kDirty) {
+      BENCH_CHECK_CUDA(cudaMemsetAsync(flush_, 0, kFlushBytes, stream_));
+      return;
+    }
+    ReadFlushKernel<<<1024, 256, 0, stream_>>>(reinterpret_cast<const uint4*>(flush_),
+                                                kFlushBytes / sizeof(uint4), sink_);
+    BENCH_CHECK_CUDA(cudaGetLastError());
+  }
+
   template <typename Launch>
-  double MedianMicros(Launch&& launch, int warmup, int reps) {
+  double MedianMicros(Launch&& launch, int warmup, int reps, L2Flush flush = L2Flush::kClean) {
     for (int i = 0; i < warmup; ++i) launch(stream_);
     BENCH_CHECK_CUDA(cudaStreamSynchronize(stream_));
     std::vector<double> times;
     for (int i = 0; i < reps; ++i) {
-      BENCH_CHECK_CUDA(cudaMemsetAsync(flush_, i & 0xff, kFlushBytes, stream_));
+      Flush(flush);
       BENCH_CHECK_CUDA(cudaEventRecord(start_, stream_));
       launch(stream_);
       BENCH_CHECK_CUDA(cudaEventRecord(stop_, stream_));
@@ -119,6 +155,7 @@ class Timer {
   cudaEvent_t start_ = nullptr;
   cudaEvent_t stop_ = nullptr;
   char* flush_ = nullptr;
+  uint32_t* sink_ = nullptr;
 };
 
 // Device-to-device copy bandwidth (read + write bytes / time) on `bytes` of data: the practical

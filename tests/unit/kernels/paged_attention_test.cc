@@ -14,7 +14,7 @@ namespace {
 
 struct SeqShape {
   int q_len;
-  int kv_len;  // after the append, ≥ q_len
+  int kv_len;  // after the append; < q_len leaves the first queries without keys
 };
 
 struct Case {
@@ -70,7 +70,7 @@ void RunCase(const Case& c, uint32_t seed) {
     kv_lens.push_back(s.kv_len);
   }
   const float scale = 1.0f / std::sqrt(float(c.d));
-  std::vector<float> out(q.size(), 0.0f);
+  std::vector<float> out(q.size(), std::nanf(""));  // every output must be written
   cpu::PagedAttention(q.data(), c.hq, q_indptr.data(), kv_lens.data(), num_seqs, block_table.data(), max_blocks,
                       layout, k_cache.data(), v_cache.data(), scale, out.data());
 
@@ -117,6 +117,13 @@ TEST(PagedAttentionTest, LargeHeadDimSingleDecode) { RunCase({2, 2, 128, 8, {{1,
 TEST(PagedAttentionTest, LongPrefillChunksAcrossQueryTiles) {
   // 70 queries span two 64-query tiles of the GEMM path; 16 is its threshold, 15 just below.
   RunCase({6, 2, 32, 16, {{70, 150}, {16, 16}, {15, 30}, {1, 9}}}, 600);
+}
+
+TEST(PagedAttentionTest, QueriesThatSeeNoKeyGiveZeros) {
+  // An empty sequence in a decode batch (kv_len 0; the reference below then expects 0, an empty
+  // sum), a fresh one first in the batch so the score scratch is still unallocated, and a chunk
+  // whose first query sits before the first key; the other sequences stay exact.
+  RunCase({8, 2, 16, 16, {{1, 0}, {1, 20}, {3, 2}, {1, 0}, {18, 18}, {17, 16}}}, 700);
 }
 
 TEST(PagedAttentionTest, LargeScoresStayFinite) {
