@@ -503,6 +503,7 @@ class DeploymentParser {
     ReadInt(map, "recent", kIntMin, kIntMax, &sparse->recent);
     ReadInt(map, "quest_page_size", kIntMin, kIntMax, &sparse->quest_page_size);
     ReadOptionalInt(map, "min_context_for_sparse", kIntMin, kIntMax, &sparse->min_context_for_sparse);
+    ReadEnum(map, "aggregation", ScoreAggregationNames(), &sparse->aggregation);
     std::optional<YAML::Node> predictor_node = map.Get("predictor");
     YamlMapping predictor(predictor_node.value_or(YAML::Node()), map.KeyPath("predictor"), issues_);
     ReadInt(predictor, "window", kIntMin, kIntMax, &sparse->predictor.window);
@@ -512,6 +513,7 @@ class DeploymentParser {
       if (value.has_value()) sparse->predictor.ridge_epsilon = *value;
     }
     ReadEnum(predictor, "mode", QueryPredictorModeNames(), &sparse->predictor.mode);
+    ReadEnum(predictor, "rope", QueryPredictorRopeNames(), &sparse->predictor.rope);
     predictor.RejectUnknownKeys();
     map.RejectUnknownKeys();
     if (issues_->issues().size() != issues_before) return false;

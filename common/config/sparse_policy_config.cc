@@ -39,7 +39,7 @@ absl::StatusOr<SparsePolicy> ParseSparsePolicy(std::string_view name) {
 }
 
 const std::vector<std::string>& QueryPredictorModeNames() {
-  static const std::vector<std::string> names = {"ridge", "last_query"};
+  static const std::vector<std::string> names = {"ridge", "last_query", "ridge_shared"};
   return names;
 }
 
@@ -49,6 +49,32 @@ std::string_view QueryPredictorModeName(QueryPredictorMode mode) {
 
 absl::StatusOr<QueryPredictorMode> ParseQueryPredictorMode(std::string_view name) {
   return ParseName<QueryPredictorMode>(name, QueryPredictorModeNames(), "query predictor mode");
+}
+
+const std::vector<std::string>& ScoreAggregationNames() {
+  static const std::vector<std::string> names = {"sum", "max", "softmax_sum"};
+  return names;
+}
+
+std::string_view ScoreAggregationName(ScoreAggregation aggregation) {
+  return ScoreAggregationNames()[static_cast<size_t>(aggregation)];
+}
+
+absl::StatusOr<ScoreAggregation> ParseScoreAggregation(std::string_view name) {
+  return ParseName<ScoreAggregation>(name, ScoreAggregationNames(), "score aggregation");
+}
+
+const std::vector<std::string>& QueryPredictorRopeNames() {
+  static const std::vector<std::string> names = {"post", "pre"};
+  return names;
+}
+
+std::string_view QueryPredictorRopeName(QueryPredictorRope rope) {
+  return QueryPredictorRopeNames()[static_cast<size_t>(rope)];
+}
+
+absl::StatusOr<QueryPredictorRope> ParseQueryPredictorRope(std::string_view name) {
+  return ParseName<QueryPredictorRope>(name, QueryPredictorRopeNames(), "query predictor rope");
 }
 
 int64_t SparsePolicyConfig::SparseFromContext() const {

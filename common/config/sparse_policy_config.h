@@ -30,20 +30,47 @@ const std::vector<std::string>& SparsePolicyNames();
 
 // How the next decode step's query is predicted from the recent ones.
 enum class QueryPredictorMode {
-  kRidge,      // ridge regression on `lags` scalar lag coefficients fitted over the last `window` queries
-  kLastQuery,  // the most recent query itself (the no-regression baseline)
+  kRidge,        // ridge regression on `lags` scalar lag coefficients fitted over the last `window` queries, per head
+  kLastQuery,    // the most recent query itself (the no-regression baseline)
+  kRidgeShared,  // the same regression with one coefficient vector shared by all heads of a layer
 };
 
-// "ridge", "last_query".
+// "ridge", "last_query", "ridge_shared".
 std::string_view QueryPredictorModeName(QueryPredictorMode mode);
 absl::StatusOr<QueryPredictorMode> ParseQueryPredictorMode(std::string_view name);
 const std::vector<std::string>& QueryPredictorModeNames();
 
+// Which queries the regression is fitted on.
+enum class QueryPredictorRope {
+  kPost,  // the post-RoPE queries as the attention sees them
+  kPre,   // queries un-rotated by their positions; the prediction is rotated to position t+1
+};
+
+// "post", "pre".
+std::string_view QueryPredictorRopeName(QueryPredictorRope rope);
+absl::StatusOr<QueryPredictorRope> ParseQueryPredictorRope(std::string_view name);
+const std::vector<std::string>& QueryPredictorRopeNames();
+
+// How the scores of one key for the G query heads that share a KV head become one score, when
+// oracle and asyncspade rank tokens (and quest ranks pages).
+enum class ScoreAggregation {
+  kSum,         // Σ_g q_g·k
+  kMax,         // max_g q_g·k
+  kSoftmaxSum,  // Σ_g softmax(q_g·K/√d)(k): the group's attention mass (quest: falls back to kSum)
+};
+
+// "sum", "max", "softmax_sum".
+std::string_view ScoreAggregationName(ScoreAggregation aggregation);
+absl::StatusOr<ScoreAggregation> ParseScoreAggregation(std::string_view name);
+const std::vector<std::string>& ScoreAggregationNames();
+
+// Defaults: the variant with the best top-k recall in docs/quality.md.
 struct QueryPredictorConfig {
   int window = 16;              // W: recent queries kept per (sequence, layer, head)
-  int lags = 3;                 // p: lag coefficients, 1 <= p < W
+  int lags = 4;                 // p: lag coefficients, 1 <= p < W
   double ridge_epsilon = 1e-3;  // ε of the ridge penalty ε||a||², > 0
-  QueryPredictorMode mode = QueryPredictorMode::kRidge;
+  QueryPredictorMode mode = QueryPredictorMode::kRidgeShared;
+  QueryPredictorRope rope = QueryPredictorRope::kPre;
 };
 
 // One violated rule: `field` is the key relative to the section ("budget", "predictor.lags").
@@ -58,6 +85,8 @@ struct SparsePolicyConfig {
   int sinks = 4;             // S: the first tokens, always attended, >= 0
   int recent = 64;           // R: the last tokens, always attended, >= 1
   int quest_page_size = 16;  // tokens per Quest page (min/max key bounds per page)
+  // Best recall and attention error in docs/quality.md (the selector reads the keys twice for it).
+  ScoreAggregation aggregation = ScoreAggregation::kSoftmaxSum;
   QueryPredictorConfig predictor;
   // Sequences shorter than this attend densely. Unset: sinks + recent + budget, the length below
   // which sparse attention would read every token anyway. When set it must be at least that.

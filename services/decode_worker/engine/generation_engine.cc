@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "glog/logging.h"
@@ -83,6 +84,15 @@ absl::Status GenerationEngine::Submit(int64_t request_id, GenerationRequest requ
   if (!request.stop_strings.empty() && tokenizer_ == nullptr) {
     return absl::InvalidArgumentError("stop strings need the engine to be created with a tokenizer");
   }
+  absl::StatusOr<SparsePolicyConfig> sparse =
+      ApplySparsePolicyOverride(request.sparse.value_or(options_.sparse_default), request.sparse_override);
+  if (!sparse.ok()) return Annotate(sparse.status(), "sparse attention settings");
+  if (sparse->policy == SparsePolicy::kQuest && sparse->quest_page_size != kv_cache_.page_size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sparse attention settings: quest_page_size ", sparse->quest_page_size,
+        " differs from the KV cache page size ", kv_cache_.page_size(),
+        "; Quest pages are KV-cache pages, so set sparse.quest_page_size to the page size"));
+  }
 
   auto seq = std::make_unique<Sequence>();
   seq->id = request_id;
@@ -98,6 +108,7 @@ absl::Status GenerationEngine::Submit(int64_t request_id, GenerationRequest requ
     }
     seq->stop_matcher = std::make_unique<StopStringMatcher>(request.stop_strings);
   }
+  seq->sparse = std::move(sparse).value();
   seq->request = std::move(request);
   active_ids_.insert(request_id);
   waiting_.push_back(std::move(seq));
@@ -106,11 +117,12 @@ absl::Status GenerationEngine::Submit(int64_t request_id, GenerationRequest requ
 
 absl::Status GenerationEngine::Abort(int64_t request_id) {
   auto finish = [&](std::unique_ptr<Sequence>& seq) {
-    ReleaseSequence(seq->id);
+    ReleaseSequence(seq.get());
     GenerationEvent event;
     event.request_id = request_id;
     event.finished = true;
     event.finish_reason = FinishReason::kAbort;
+    event.sparse_stats = seq->released_sparse_stats;
     pending_events_.push_back(std::move(event));
     active_ids_.erase(request_id);
   };
@@ -131,9 +143,10 @@ absl::Status GenerationEngine::Abort(int64_t request_id) {
   return absl::NotFoundError(absl::StrCat("no waiting or running request with id ", request_id));
 }
 
-void GenerationEngine::ReleaseSequence(int64_t id) {
-  kv_cache_.Free(id);
-  runner_->ReleaseSequence(id);
+void GenerationEngine::ReleaseSequence(Sequence* seq) {
+  seq->released_sparse_stats += runner_->SequenceSparseCounters(seq->id);
+  kv_cache_.Free(seq->id);
+  runner_->ReleaseSequence(seq->id);
 }
 
 void GenerationEngine::Admit() {
@@ -156,7 +169,7 @@ void GenerationEngine::Admit() {
 void GenerationEngine::PreemptLast() {
   std::unique_ptr<Sequence> victim = std::move(running_.back());
   running_.pop_back();
-  ReleaseSequence(victim->id);
+  ReleaseSequence(victim.get());
   victim->num_computed = 0;
   if (!victim->prompt_logits_sent) victim->prompt_logits.clear();
   ++num_preemptions_;
@@ -251,9 +264,11 @@ absl::StatusOr<std::vector<GenerationEvent>> GenerationEngine::Step() {
     fs.start_position = s.seq->num_computed;
     fs.block_table = kv_cache_.BlockTable(s.seq->id);
     fs.logits = s.logits;
+    fs.sparse = &s.seq->sparse;
     batch.sequences.push_back(fs);
     last_step_num_tokens_ += s.num_tokens;
   }
+  batch.step = step_counter_++;
   ForwardOutput& output = output_;
   RETURN_IF_ERROR(Annotate(runner_->Forward(batch, &output), "model forward"));
 
@@ -282,7 +297,7 @@ absl::StatusOr<std::vector<GenerationEvent>> GenerationEngine::Step() {
   std::vector<int32_t> sampled(to_sample.size());
   sampler_.Sample(rows, params, steps, absl::MakeSpan(sampled));
 
-  absl::flat_hash_set<int64_t> finished;
+  absl::flat_hash_map<int64_t, size_t> finished;  // sequence id → its event
   for (size_t i = 0; i < to_sample.size(); ++i) {
     Sequence* seq = scheduled[to_sample[i]].seq;
     GenerationEvent event;
@@ -298,13 +313,16 @@ absl::StatusOr<std::vector<GenerationEvent>> GenerationEngine::Step() {
     } else {
       ApplyToken(seq, sampled[i], &event);
     }
-    if (event.finished) finished.insert(seq->id);
+    if (event.finished) finished[seq->id] = events.size();
     events.push_back(std::move(event));
   }
   if (!finished.empty()) {
-    for (int64_t id : finished) {
-      ReleaseSequence(id);
-      active_ids_.erase(id);
+    for (const std::unique_ptr<Sequence>& seq : running_) {
+      auto it = finished.find(seq->id);
+      if (it == finished.end()) continue;
+      ReleaseSequence(seq.get());
+      events[it->second].sparse_stats = seq->released_sparse_stats;
+      active_ids_.erase(seq->id);
     }
     std::erase_if(running_, [&](const std::unique_ptr<Sequence>& s) { return finished.contains(s->id); });
   }

@@ -26,6 +26,9 @@ struct GenerationEngineOptions {
   // immediately preempt others.
   int decode_reserve_tokens = 16;
   int max_sequence_length = 0;  // prompt + max_tokens limit; 0: the model's max_position_embeddings
+  // The sparse-attention settings of requests that bring none (GenerationRequest::sparse). The
+  // runner's attention stage applies them; a dense stage ignores them.
+  SparsePolicyConfig sparse_default;
 };
 
 class GenerationEngine {
@@ -38,7 +41,7 @@ class GenerationEngine {
 
   // Queues a request. An invalid request (empty prompt, id outside the vocabulary, too long,
   // bad sampling parameters, stop strings without a tokenizer, a duplicate id, a sequence that can
-  // never fit in the KV cache) fails here, alone.
+  // never fit in the KV cache, invalid sparse-attention settings) fails here, alone.
   absl::Status Submit(int64_t request_id, GenerationRequest request);
   // One continuous-batching iteration. An error is a runner failure (not a request's fault).
   absl::StatusOr<std::vector<GenerationEvent>> Step();
@@ -55,6 +58,11 @@ class GenerationEngine {
   int64_t num_preemptions() const { return num_preemptions_; }
   int last_step_num_tokens() const { return last_step_num_tokens_; }
   int max_sequence_length() const { return max_sequence_length_; }
+  // Forwards run so far; each forward's number is passed to the attention stage (ForwardBatch::step).
+  uint64_t steps() const { return step_counter_; }
+  const SparsePolicyConfig& sparse_default() const { return options_.sparse_default; }
+  // The attention policy's counters summed over every sequence so far (heartbeats).
+  SparseAttentionCounters sparse_totals() const { return runner_->TotalSparseCounters(); }
 
   ModelRunner& runner() { return *runner_; }
   const KvCacheManager& kv_cache() const { return kv_cache_; }
@@ -71,6 +79,9 @@ class GenerationEngine {
     std::vector<float> prompt_logits;
     std::unique_ptr<IncrementalDetokenizer> detokenizer;
     std::unique_ptr<StopStringMatcher> stop_matcher;
+    SparsePolicyConfig sparse;  // the request's, resolved at Submit
+    // Counters of the runs of this sequence that were released (preemption recomputes it).
+    SparseAttentionCounters released_sparse_stats;
   };
   struct Scheduled {
     Sequence* seq;
@@ -85,8 +96,9 @@ class GenerationEngine {
   // Frees the KV blocks of the most recently admitted running sequence and puts it back at the
   // head of the queue; it is recomputed from its tokens when readmitted.
   void PreemptLast();
-  // Frees the sequence's KV blocks and tells the runner (and through it the attention policy).
-  void ReleaseSequence(int64_t id);
+  // Frees the sequence's KV blocks and tells the runner (and through it the attention policy),
+  // keeping what the policy counted for it.
+  void ReleaseSequence(Sequence* seq);
   // Applies a sampled token (or end of scoring) and fills `event`; true when the sequence finished.
   bool ApplyToken(Sequence* seq, int32_t token, GenerationEvent* event);
   // Passes new text through the stop-string matcher into the event.
@@ -107,6 +119,7 @@ class GenerationEngine {
   ForwardOutput output_;  // reused across steps
   int64_t num_preemptions_ = 0;
   int last_step_num_tokens_ = 0;
+  uint64_t step_counter_ = 0;
 };
 
 }  // namespace asyncspade

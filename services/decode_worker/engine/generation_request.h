@@ -7,7 +7,9 @@
 #include <string_view>
 #include <vector>
 
+#include "common/config/sparse_policy_config.h"
 #include "kernels/sampling.h"
+#include "services/decode_worker/model/attention_stage.h"
 
 namespace asyncspade {
 
@@ -20,6 +22,11 @@ struct GenerationRequest {
   std::vector<std::string> stop_strings;  // matched on the detokenized output (needs a tokenizer)
   bool ignore_eos = false;                // do not stop on the model's or the request's EOS ids
   bool return_prompt_logits = false;      // teacher-forced logits of every prompt position
+  // Sparse attention for this request: `sparse` replaces the engine's default
+  // (GenerationEngineOptions::sparse_default) when set, then `sparse_override` (a client's policy
+  // and/or budget) is applied on top. The result is validated at Submit.
+  std::optional<SparsePolicyConfig> sparse;
+  SparsePolicyOverride sparse_override;
 };
 
 enum class FinishReason {
@@ -39,6 +46,8 @@ struct GenerationEvent {
   bool finished = false;
   FinishReason finish_reason = FinishReason::kNone;
   std::vector<float> prompt_logits;  // [prompt_len, vocab], once, when return_prompt_logits
+  // On the finished event: what the attention policy counted for this request (zeros for dense).
+  SparseAttentionCounters sparse_stats;
 };
 
 }  // namespace asyncspade

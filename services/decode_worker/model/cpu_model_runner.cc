@@ -78,6 +78,8 @@ absl::Status CpuModelRunner::BuildLayout(const ForwardBatch& batch) {
   L.kv_lens.clear();
   L.positions.clear();
   L.slots.clear();
+  L.sparse.clear();
+  L.step = batch.step;
   token_ids_.clear();
   logit_token_rows_.clear();
   L.max_blocks_per_seq = 0;
@@ -129,6 +131,7 @@ absl::Status CpuModelRunner::BuildLayout(const ForwardBatch& batch) {
       logit_token_rows_.push_back(first_row + n - 1);
     }
     L.sequence_ids.push_back(s.sequence_id);
+    L.sparse.push_back(s.sparse);
     L.q_indptr.push_back(first_row + n);
     L.kv_lens.push_back(static_cast<int32_t>(kv_len));
   }

@@ -30,6 +30,10 @@ class CpuModelRunner : public ModelRunner {
   const kernels::PagedKvLayout& kv_layout() const override { return kv_layout_; }
   absl::Status Forward(const ForwardBatch& batch, ForwardOutput* output) override;
   void ReleaseSequence(int64_t sequence_id) override { attention_->OnSequenceReleased(sequence_id); }
+  SparseAttentionCounters SequenceSparseCounters(int64_t sequence_id) const override {
+    return attention_->SequenceCounters(sequence_id);
+  }
+  SparseAttentionCounters TotalSparseCounters() const override { return attention_->TotalCounters(); }
 
   AttentionStage& attention() { return *attention_; }
   // One layer's KV storage (for tests and for policies that read keys directly).

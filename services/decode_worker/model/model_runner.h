@@ -8,8 +8,10 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "common/config/sparse_policy_config.h"
 #include "common/model_config.h"
 #include "kernels/kernel_types.h"
+#include "services/decode_worker/model/attention_stage.h"
 
 namespace asyncspade {
 
@@ -26,10 +28,14 @@ struct ForwardSequence {
   int start_position = 0;              // tokens of this sequence already in the KV cache
   absl::Span<const int32_t> block_table;  // must cover start_position + tokens.size() tokens
   LogitsWanted logits = LogitsWanted::kLast;
+  // The sequence's sparse-attention settings (the request's, resolved by the engine); null: the
+  // attention stage's default. Must stay valid during Forward.
+  const SparsePolicyConfig* sparse = nullptr;
 };
 
 struct ForwardBatch {
   std::vector<ForwardSequence> sequences;
+  uint64_t step = 0;  // the engine's step counter, passed to the attention stage
 };
 
 struct ForwardOutput {
@@ -62,6 +68,10 @@ class ModelRunner {
   // kept by the runner or its attention policy can go. A preempted sequence comes back later under
   // the same id with start_position 0.
   virtual void ReleaseSequence(int64_t sequence_id) {}
+  // What the attention policy counted for a sequence it still holds (read it before
+  // ReleaseSequence), and for every sequence so far.
+  virtual SparseAttentionCounters SequenceSparseCounters(int64_t sequence_id) const { return {}; }
+  virtual SparseAttentionCounters TotalSparseCounters() const { return {}; }
 };
 
 }  // namespace asyncspade

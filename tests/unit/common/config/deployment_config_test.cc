@@ -153,9 +153,11 @@ TEST(DeploymentConfigTest, MinimalConfigGetsDocumentedDefaults) {
   EXPECT_EQ(config->selectors.replicas, 0);
   EXPECT_EQ(config->sparse.quest_page_size, 16);
   EXPECT_EQ(config->sparse.predictor.window, 16);
-  EXPECT_EQ(config->sparse.predictor.lags, 3);
+  EXPECT_EQ(config->sparse.predictor.lags, 4);
   EXPECT_DOUBLE_EQ(config->sparse.predictor.ridge_epsilon, 1e-3);
-  EXPECT_EQ(config->sparse.predictor.mode, QueryPredictorMode::kRidge);
+  EXPECT_EQ(config->sparse.predictor.mode, QueryPredictorMode::kRidgeShared);
+  EXPECT_EQ(config->sparse.predictor.rope, QueryPredictorRope::kPre);
+  EXPECT_EQ(config->sparse.aggregation, ScoreAggregation::kSoftmaxSum);
   EXPECT_GT(config->lifecycle.heartbeat_timeout_ms, config->lifecycle.heartbeat_interval_ms);
 }
 

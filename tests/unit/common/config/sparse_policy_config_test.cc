@@ -21,10 +21,21 @@ TEST(SparsePolicyTest, NamesRoundTrip) {
   }
   EXPECT_EQ(SparsePolicyName(SparsePolicy::kAsyncSpade), "asyncspade");
   EXPECT_EQ(SparsePolicyName(SparsePolicy::kQuest), "quest");
-  for (QueryPredictorMode mode : {QueryPredictorMode::kRidge, QueryPredictorMode::kLastQuery}) {
+  for (QueryPredictorMode mode :
+       {QueryPredictorMode::kRidge, QueryPredictorMode::kLastQuery, QueryPredictorMode::kRidgeShared}) {
     absl::StatusOr<QueryPredictorMode> parsed = ParseQueryPredictorMode(QueryPredictorModeName(mode));
     ASSERT_TRUE(parsed.ok()) << parsed.status();
     EXPECT_EQ(*parsed, mode);
+  }
+  for (ScoreAggregation aggregation : {ScoreAggregation::kSum, ScoreAggregation::kMax, ScoreAggregation::kSoftmaxSum}) {
+    absl::StatusOr<ScoreAggregation> parsed = ParseScoreAggregation(ScoreAggregationName(aggregation));
+    ASSERT_TRUE(parsed.ok()) << parsed.status();
+    EXPECT_EQ(*parsed, aggregation);
+  }
+  for (QueryPredictorRope rope : {QueryPredictorRope::kPost, QueryPredictorRope::kPre}) {
+    absl::StatusOr<QueryPredictorRope> parsed = ParseQueryPredictorRope(QueryPredictorRopeName(rope));
+    ASSERT_TRUE(parsed.ok()) << parsed.status();
+    EXPECT_EQ(*parsed, rope);
   }
 }
 
@@ -44,7 +55,10 @@ TEST(SparsePolicyConfigTest, DefaultsAreValid) {
   SparsePolicyConfig config;
   EXPECT_TRUE(config.Validate().ok()) << config.Validate();
   EXPECT_EQ(config.predictor.window, 16);
-  EXPECT_EQ(config.predictor.lags, 3);
+  EXPECT_EQ(config.predictor.lags, 4);  // docs/quality.md: best top-k recall
+  EXPECT_EQ(config.predictor.mode, QueryPredictorMode::kRidgeShared);
+  EXPECT_EQ(config.predictor.rope, QueryPredictorRope::kPre);
+  EXPECT_EQ(config.aggregation, ScoreAggregation::kSoftmaxSum);
   EXPECT_EQ(config.quest_page_size, 16);
   EXPECT_EQ(config.SparseFromContext(), int64_t{config.sinks} + config.recent + config.budget);
 }
