@@ -25,7 +25,11 @@ selector::v1::Hello HelloFor(const ModelConfig& model, const SparsePolicyConfig&
   hello.set_budget(sparse.budget);
   hello.set_sinks(sparse.sinks);
   hello.set_recent(sparse.recent);
-  hello.set_aggregation(selector::v1::SCORE_AGGREGATION_SUM);
+  switch (sparse.aggregation) {
+    case ScoreAggregation::kSum: hello.set_aggregation(selector::v1::SCORE_AGGREGATION_SUM); break;
+    case ScoreAggregation::kMax: hello.set_aggregation(selector::v1::SCORE_AGGREGATION_MAX); break;
+    case ScoreAggregation::kSoftmaxSum: hello.set_aggregation(selector::v1::SCORE_AGGREGATION_SOFTMAX_SUM); break;
+  }
   hello.set_dtype(selector::v1::TENSOR_DTYPE_F32);
   hello.set_max_seq_len(max_seq_len);
   return hello;
