@@ -4,7 +4,6 @@
 #include <pthread.h>
 #include <unistd.h>
 
-#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -16,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/config/deployment_config.h"
+#include "common/shutdown_signals.h"
 #include "glog/logging.h"
 #include "nlohmann/json.hpp"
 #include "services/controller/controller.h"
@@ -184,22 +184,10 @@ int Run(int argc, char** argv) {
     }
   }
 
-  // SIGINT/SIGTERM were blocked before any thread started; wait for one here.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  const int signal_number = ShutdownSignals::Wait();
   const absl::Duration drain_timeout = absl::Seconds(deployment->lifecycle.drain_timeout_s);
-  LOG(INFO) << "controller: " << (signal_number == SIGINT ? "SIGINT" : "SIGTERM") << ": draining (up to "
+  LOG(INFO) << "controller: " << ShutdownSignals::Name(signal_number) << ": draining (up to "
             << absl::FormatDuration(drain_timeout) << "; send the signal again to stop at once)";
-  std::thread([signals] {
-    int again = 0;
-    sigwait(&signals, &again);
-    LOG(WARNING) << "controller: second signal, exiting without waiting for requests in flight";
-    std::_Exit(kExitFailure);
-  }).detach();
 
   // The router refuses new requests from both front ends and waits for the streams in flight;
   // then the listeners close.
@@ -220,12 +208,6 @@ int Run(int argc, char** argv) {
 int main(int argc, char** argv) {
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
-  // Block the shutdown signals in every thread (threads inherit the mask), so that only the main
-  // thread's sigwait sees them.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  asyncspade::ShutdownSignals::Install();
   return asyncspade::controller::Run(argc, argv);
 }

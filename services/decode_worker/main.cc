@@ -1,7 +1,6 @@
 // asyncspade-decode-worker: a decode worker of a deployment. Loads the model, registers with the
 // controller, serves DecodeWorkerService (the controller routes generation requests here) and talks
 // to its KV selectors over the data plane. Started by `asyncspade launch`; see docs/processes.md.
-#include <csignal>
 #include <cstdio>
 #include <string>
 #include <thread>
@@ -12,7 +11,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/config/deployment_config.h"
+#include "common/shutdown_signals.h"
 #include "glog/logging.h"
+#include "kernels/gemm.h"
 #include "services/decode_worker/service/decode_worker.h"
 #include "tools/cli/args.h"
 
@@ -92,23 +93,11 @@ int Run(int argc, char** argv) {
     return kExitFailure;
   }
 
-  // SIGINT/SIGTERM were blocked before any thread started; wait for one here.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  const int signal_number = ShutdownSignals::Wait();
   const absl::Duration drain_timeout = absl::Seconds(deployment->lifecycle.drain_timeout_s);
-  LOG(INFO) << "decode worker " << options.member_id << ": " << (signal_number == SIGINT ? "SIGINT" : "SIGTERM")
+  LOG(INFO) << "decode worker " << options.member_id << ": " << ShutdownSignals::Name(signal_number)
             << ": finishing the requests in flight (up to " << absl::FormatDuration(drain_timeout)
             << "), then deregistering (send the signal again to stop at once)";
-  std::thread([signals] {
-    int again = 0;
-    sigwait(&signals, &again);
-    LOG(WARNING) << "decode worker: second signal, exiting at once";
-    std::_Exit(kExitFailure);
-  }).detach();
   (*worker)->Shutdown(drain_timeout);
   return 0;
 }
@@ -117,13 +106,9 @@ int Run(int argc, char** argv) {
 }  // namespace asyncspade
 
 int main(int argc, char** argv) {
+  asyncspade::kernels::cpu::ReexecWithTunedBlasIfNeeded(argv);
   google::InitGoogleLogging(argv[0]);
   FLAGS_logtostderr = true;
-  // Every thread inherits this mask, so the signals reach only main's sigwait.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  asyncspade::ShutdownSignals::Install();
   return asyncspade::Run(argc, argv);
 }

@@ -1,7 +1,6 @@
 // asyncspade-kv-selector: a KV selector of a deployment. Registers with the controller, serves
 // KvSelectorService and answers the decode workers' selection requests over the data plane.
 // Started by `asyncspade launch`; see docs/processes.md.
-#include <csignal>
 #include <cstdio>
 #include <string>
 #include <thread>
@@ -12,7 +11,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/config/deployment_config.h"
+#include "common/shutdown_signals.h"
 #include "glog/logging.h"
+#include "kernels/gemm.h"
 #include "services/kv_selector/service/kv_selector.h"
 #include "tools/cli/args.h"
 
@@ -93,20 +94,9 @@ int Run(int argc, char** argv) {
   }
 
   // SIGINT/SIGTERM were blocked before any thread started; wait for one here.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  int signal_number = 0;
-  sigwait(&signals, &signal_number);
-  LOG(INFO) << "selector " << options.member_id << ": " << (signal_number == SIGINT ? "SIGINT" : "SIGTERM")
+  const int signal_number = ShutdownSignals::Wait();
+  LOG(INFO) << "selector " << options.member_id << ": " << ShutdownSignals::Name(signal_number)
             << ": closing links and deregistering (send the signal again to stop at once)";
-  std::thread([signals] {
-    int again = 0;
-    sigwait(&signals, &again);
-    LOG(WARNING) << "selector: second signal, exiting at once";
-    std::_Exit(kExitFailure);
-  }).detach();
   (*selector)->Shutdown();
   return 0;
 }
@@ -115,13 +105,9 @@ int Run(int argc, char** argv) {
 }  // namespace asyncspade
 
 int main(int argc, char** argv) {
+  asyncspade::kernels::cpu::ReexecWithTunedBlasIfNeeded(argv);
   google::InitGoogleLogging(argv[0]);
   FLAGS_logtostderr = true;
-  // Every thread inherits this mask, so the signals reach only main's sigwait.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  asyncspade::ShutdownSignals::Install();
   return asyncspade::Run(argc, argv);
 }
