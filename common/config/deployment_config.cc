@@ -504,6 +504,12 @@ class DeploymentParser {
     ReadInt(map, "quest_page_size", kIntMin, kIntMax, &sparse->quest_page_size);
     ReadOptionalInt(map, "min_context_for_sparse", kIntMin, kIntMax, &sparse->min_context_for_sparse);
     ReadEnum(map, "aggregation", ScoreAggregationNames(), &sparse->aggregation);
+    if (std::optional<YAML::Node> value = map.Get("dense_below_threshold"); value.has_value()) {
+      static const std::vector<std::string> kBooleans = {"true", "false"};
+      std::optional<std::string> text =
+          ReadYamlChoice(*value, map.KeyPath("dense_below_threshold"), kBooleans, issues_);
+      if (text.has_value()) sparse->dense_below_threshold = *text == "true";
+    }
     std::optional<YAML::Node> predictor_node = map.Get("predictor");
     YamlMapping predictor(predictor_node.value_or(YAML::Node()), map.KeyPath("predictor"), issues_);
     ReadInt(predictor, "window", kIntMin, kIntMax, &sparse->predictor.window);

@@ -78,6 +78,7 @@ absl::StatusOr<QueryPredictorRope> ParseQueryPredictorRope(std::string_view name
 }
 
 int64_t SparsePolicyConfig::SparseFromContext() const {
+  if (!dense_below_threshold) return 0;
   const int64_t floor = int64_t{sinks} + recent + budget;
   return min_context_for_sparse.has_value() ? std::max<int64_t>(*min_context_for_sparse, floor) : floor;
 }

@@ -91,6 +91,10 @@ struct SparsePolicyConfig {
   // Sequences shorter than this attend densely. Unset: sinks + recent + budget, the length below
   // which sparse attention would read every token anyway. When set it must be at least that.
   std::optional<int> min_context_for_sparse;
+  // false: every decode step of a sparse policy takes the sparse path, even when the context is so
+  // short that the selection covers every token. Not for production (it only costs time); it
+  // verifies the sparse paths end to end against dense attention.
+  bool dense_below_threshold = true;
 
   // The context length from which the policy's selection is used instead of dense attention.
   int64_t SparseFromContext() const;

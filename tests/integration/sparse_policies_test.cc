@@ -23,6 +23,7 @@ class SparsePoliciesTest : public ::testing::Test {
     yaml.budget = 16;
     yaml.sinks = 4;
     yaml.recent = 16;
+    yaml.dense_below_threshold = false;  // budgets that cover the context still take the sparse path
     launcher::LauncherOptions options;
     options.config_path = dir_->Write("deployment.yaml", StoriesYaml(yaml));
     options.log_dir = absl::StrCat(dir_->path(), "/logs");
@@ -92,10 +93,20 @@ TEST_F(SparsePoliciesTest, WithABudgetCoveringTheContextEveryPolicyGivesTheDense
     ASSERT_EQ(dense->token_ids.size(), static_cast<size_t>(kNewTokens));
     for (serving::SparsePolicy policy :
          {serving::SPARSE_POLICY_QUEST, serving::SPARSE_POLICY_ORACLE, serving::SPARSE_POLICY_ASYNCSPADE}) {
-      absl::StatusOr<launcher::GenerationOutcome> sparse =
-          Generate(prompt, policy, budget_covering_context, kNewTokens, /*ignore_eos=*/true);
+      // The deployment sends every decode step through the sparse path (dense_below_threshold:
+      // false), so the selection and sparse-attention code really run. asyncspade's first selections
+      // can arrive after stories260K has decoded the whole request: retry until it attended sparsely.
+      absl::StatusOr<launcher::GenerationOutcome> sparse;
+      for (int attempt = 0; attempt < (policy == serving::SPARSE_POLICY_ASYNCSPADE ? 10 : 1); ++attempt) {
+        sparse = Generate(prompt, policy, budget_covering_context, kNewTokens, /*ignore_eos=*/true);
+        if (!sparse.ok() || !sparse->final.has_value() || sparse->final->sparse_stats().sparse_layer_steps() > 0) {
+          break;
+        }
+      }
       ASSERT_TRUE(sparse.ok()) << launcher::SparsePolicyName(policy) << ": " << sparse.status();
       ASSERT_TRUE(sparse->final.has_value());
+      EXPECT_GT(sparse->final->sparse_stats().sparse_layer_steps(), 0)
+          << launcher::SparsePolicyName(policy) << " never took the sparse path";
       EXPECT_EQ(sparse->final->finish_reason(), serving::FINISH_REASON_LENGTH) << sparse->final->error_message();
       EXPECT_EQ(sparse->final->policy(), policy);
       EXPECT_EQ(sparse->token_ids, dense->token_ids)

@@ -114,6 +114,9 @@ struct StoriesYamlOptions {
   int heartbeat_interval_ms = 100;
   int heartbeat_timeout_ms = 2000;
   int drain_timeout_s = 2;
+  // false: sparse policies take the sparse path even on contexts their budget covers (so that
+  // "budget >= context gives the dense tokens" really runs the selection and sparse kernels).
+  bool dense_below_threshold = true;
 };
 
 inline std::string StoriesYaml(const StoriesYamlOptions& o) {
@@ -128,6 +131,7 @@ inline std::string StoriesYaml(const StoriesYamlOptions& o) {
   if (o.selector_restart != "never") absl::StrAppend(&yaml, "  max_restarts: ", o.selector_max_restarts, "\n");
   absl::StrAppend(&yaml, "sparse:\n  policy: ", o.policy, "\n  budget: ", o.budget, "\n  sinks: ", o.sinks,
                   "\n  recent: ", o.recent, "\n  quest_page_size: 16\n",
+                  o.dense_below_threshold ? "" : "  dense_below_threshold: false\n",
                   "lifecycle:\n  heartbeat_interval_ms: ", o.heartbeat_interval_ms,
                   "\n  heartbeat_timeout_ms: ", o.heartbeat_timeout_ms, "\n  drain_timeout_s: ", o.drain_timeout_s,
                   "\n  startup_timeout_s: ", o.startup_timeout_s, "\n");

@@ -146,8 +146,11 @@ TEST(SparsePoliciesGpuTest, FullBudgetQuestAndOracleEqualDense) {
 // A batch of [dense, oracle, quest] gives each sequence the logits it gets in a batch of three
 // sequences of its own policy (same batch bucket and KV class, so the same launch shapes): exactly
 // for the dense one, to summation-order rounding for the others. A row sent to the wrong place
-// would differ by O(1).
-constexpr double kOrderTolerance = 5e-3;
+// would differ by O(1). The GPU top-k returns its (exact) set in an unspecified order, so sparse
+// attention sums the same terms in another order; in bf16 a 1-ulp flip of an attention output then
+// propagates through the layers of a random-weights model: measured up to 1.3% (row-relative L2)
+// between graph replay and eager execution on the H200.
+constexpr double kOrderTolerance = 2e-2;
 TEST(SparsePoliciesGpuTest, MixedPolicyBatchEqualsSinglePolicyBatches) {
   SKIP_WITHOUT_GPUS(1);
   for (bool graphs : {true, false}) {

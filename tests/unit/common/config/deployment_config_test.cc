@@ -322,6 +322,26 @@ TEST(DeploymentConfigTest, FractionalIntegerIsAWrongType) {
               HasSubstr("decode_workers.kv_cache.blocks: expected an integer, got '6.5'"));
 }
 
+TEST(DeploymentConfigTest, DenseBelowThresholdSwitchesTheShortContextRuleOff) {
+  std::string yaml = kMinimalYaml;
+  absl::StatusOr<DeploymentConfig> defaults = ParseDeploymentConfig(yaml, "/");
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_TRUE(defaults->sparse.dense_below_threshold);
+  EXPECT_EQ(defaults->sparse.SparseFromContext(),
+            int64_t{defaults->sparse.sinks} + defaults->sparse.recent + defaults->sparse.budget);
+
+  yaml.replace(yaml.find("policy: dense"), 13, "policy: dense\n  dense_below_threshold: false");
+  absl::StatusOr<DeploymentConfig> off = ParseDeploymentConfig(yaml, "/");
+  ASSERT_TRUE(off.ok()) << off.status();
+  EXPECT_FALSE(off->sparse.dense_below_threshold);
+  EXPECT_EQ(off->sparse.SparseFromContext(), 0);
+
+  yaml.replace(yaml.find("dense_below_threshold: false"), 28, "dense_below_threshold: maybe");
+  absl::StatusOr<DeploymentConfig> bad = ParseDeploymentConfig(yaml, "/");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("sparse.dense_below_threshold"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Malformed files: each is rejected with a message naming the offending key, at its line
 // ---------------------------------------------------------------------------------------------
