@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <vector>
 
 #include "kernels/bf16_utils.cuh"
 #include "kernels/gemm.h"
@@ -366,6 +367,25 @@ cudaError_t PlanSkinnyGemm(int m, int n, int k, size_t max_workspace_bytes,
   }
   *config = chosen;
   return cudaSuccess;
+}
+
+std::vector<SkinnyGemmConfig> SkinnyGemmCandidateConfigs(int m, int n, int k,
+                                                         size_t max_workspace_bytes) {
+  std::vector<SkinnyGemmConfig> configs;
+  SkinnyGemmConfig planned;
+  if (PlanSkinnyGemm(m, n, k, max_workspace_bytes, &planned) != cudaSuccess) return configs;
+  configs.push_back(planned);
+  for (const int r : {1, 2, 4}) {
+    for (const int splits : {1, 2, 4}) {
+      const SkinnyGemmConfig c{r, splits};
+      if (SkinnyGemmWorkspaceBytes(c, m, n) > max_workspace_bytes) continue;
+      if (c.row_groups_per_cta == planned.row_groups_per_cta && c.k_splits == planned.k_splits) {
+        continue;
+      }
+      configs.push_back(c);
+    }
+  }
+  return configs;
 }
 
 cudaError_t SkinnyGemm(const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* bias,

@@ -323,17 +323,19 @@ __device__ __forceinline__ void SelectBin(Shared<kThreads>& sh, int remaining) {
 // position first + (i / 4) * stride + i % 4, present when bit i of `valid` is set. The body is read
 // as aligned float4s (kVecsPerThread per thread in flight); the unaligned head and the tail (at most
 // 3 + 3 scores) come first, as item 0 of one batch.
-template <int kThreads, typename Visit>
+template <int kThreads, int kVecs = kVecsPerThread, typename Visit>
 __device__ __forceinline__ void ForEachBatch(const float* __restrict__ in, int len, Visit&& visit) {
+  constexpr int kItems = 4 * kVecs;
+  static_assert(kItems <= 32, "one bit of `valid` per item");
   const int misaligned = static_cast<int>((reinterpret_cast<uintptr_t>(in) >> 2) & 3);
   const int head = min(len, (4 - misaligned) & 3);
   const int num_vecs = (len - head) >> 2;
   const int tail_begin = head + 4 * num_vecs;
   const int leftovers = head + (len - tail_begin);
   if (leftovers > 0) {  // the same in every thread
-    float x[kBatch];
+    float x[kItems];
 #pragma unroll
-    for (int i = 0; i < kBatch; ++i) x[i] = 0.0f;
+    for (int i = 0; i < kItems; ++i) x[i] = 0.0f;
     uint32_t valid = 0;
     int first = 0;
     const int t = static_cast<int>(threadIdx.x);
@@ -345,11 +347,11 @@ __device__ __forceinline__ void ForEachBatch(const float* __restrict__ in, int l
     visit(x, valid, first, 0);
   }
   const float4* vecs = reinterpret_cast<const float4*>(in + head);
-  for (int v0 = 0; v0 < num_vecs; v0 += kThreads * kVecsPerThread) {
-    float x[kBatch];
+  for (int v0 = 0; v0 < num_vecs; v0 += kThreads * kVecs) {
+    float x[kItems];
     uint32_t valid = 0;
 #pragma unroll
-    for (int u = 0; u < kVecsPerThread; ++u) {
+    for (int u = 0; u < kVecs; ++u) {
       const int v = v0 + u * kThreads + static_cast<int>(threadIdx.x);
       float4 f = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       if (v < num_vecs) {
@@ -367,17 +369,15 @@ __device__ __forceinline__ void ForEachBatch(const float* __restrict__ in, int l
 
 __device__ __forceinline__ int ItemPosition(int first, int stride, int i) { return first + (i >> 2) * stride + (i & 3); }
 
-template <int kThreads, int kMinBlocksPerSm>
-__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
-    StreamingTopKKernel(const float* __restrict__ scores, int64_t row_stride, const int32_t* __restrict__ lengths,
-                        int max_len, int k, int capacity, int32_t* __restrict__ indices, float* __restrict__ values) {
-  __shared__ Shared<kThreads> sh;
-  extern __shared__ uint2 candidates[];  // (key, position) of the top bin's scores
+// The whole kStreaming selection of one row (`len` scores at `in`) by the calling CTA, into
+// out_indices / out_values [k]. `candidates` holds `capacity` (key, position) pairs. Starts by
+// initialising `sh`; call it from every thread, with no output slot written yet.
+template <int kThreads>
+__device__ __forceinline__ void StreamingSelectRow(Shared<kThreads>& sh, uint2* candidates,
+                                                   const float* __restrict__ in, int len, int k,
+                                                   int capacity, int32_t* __restrict__ out_indices,
+                                                   float* __restrict__ out_values) {
   const int tid = static_cast<int>(threadIdx.x);
-  const float* in = scores + int64_t{blockIdx.x} * row_stride;
-  const int len = lengths != nullptr ? min(max(lengths[blockIdx.x], 0), max_len) : max_len;
-  int32_t* out_indices = indices + int64_t{blockIdx.x} * k;
-  float* out_values = values != nullptr ? values + int64_t{blockIdx.x} * k : nullptr;
   const auto emit = [&](int slot, int position, float value) {
     out_indices[slot] = position;
     if (out_values != nullptr) out_values[slot] = value;
@@ -544,17 +544,251 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   }
 }
 
+template <int kThreads, int kMinBlocksPerSm>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    StreamingTopKKernel(const float* __restrict__ scores, int64_t row_stride, const int32_t* __restrict__ lengths,
+                        int max_len, int k, int capacity, int32_t* __restrict__ indices, float* __restrict__ values) {
+  __shared__ Shared<kThreads> sh;
+  extern __shared__ uint2 candidates[];  // (key, position) of the top bin's scores
+  const float* in = scores + int64_t{blockIdx.x} * row_stride;
+  const int len = lengths != nullptr ? min(max(lengths[blockIdx.x], 0), max_len) : max_len;
+  int32_t* out_indices = indices + int64_t{blockIdx.x} * k;
+  float* out_values = values != nullptr ? values + int64_t{blockIdx.x} * k : nullptr;
+  StreamingSelectRow<kThreads>(sh, candidates, in, len, k, capacity, out_indices, out_values);
+}
+
+// ---- kSampledThreshold: one read of the row, the selection on chip ----
+//
+// kStreaming reads every row twice (a histogram, then a re-read to pick the scores above the
+// k-th's bin) and counts every score with a shared atomic. This variant reads the row once and
+// keeps what matters in shared memory:
+// (1) A sample of the row (one float4 per thread, spread evenly over the row) estimates a filter
+//     key F such that about T = sqrt(k · capacity) scores are ≥ F (two histogram levels, 12 + 10
+//     bits, over the sample: F is the lower boundary of the 22-bit bin holding the sample's
+//     (T · sample / len)-th largest key). Rows that fit the buffer (len ≤ capacity) skip it: F is
+//     the lowest selectable key.
+// (2) One read of the row stores every score with key ≥ F, with its position, in shared memory
+//     (one shared atomic per warp and batch; no histogram).
+// (3) When k ≤ count ≤ capacity, the top k of the row are the top k of the stored scores (every
+//     score not stored is below F, and at least k stored scores are ≥ F): three digits (12, 10, 10
+//     bits) over the stored scores find the exact k-th largest key, selecting everything above it
+//     on the way; ties at it are taken in position order by an ordered scan over the row, as in
+//     kStreaming (only when some but not all of them are needed). When the sample misled (fewer
+//     than k or more than `capacity` scores ≥ F) or k > capacity / 2, the row runs the kStreaming
+//     algorithm instead (StreamingSelectRow), so the result is exact whatever the data.
+constexpr int kFilterVecs = 4;  // float4 loads in flight per thread in pass (2)
+
+template <int kThreads, int kMinBlocksPerSm>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    SampledTopKKernel(const float* __restrict__ scores, int64_t row_stride, const int32_t* __restrict__ lengths,
+                      int max_len, int k, int capacity, int32_t* __restrict__ indices, float* __restrict__ values) {
+  __shared__ Shared<kThreads> sh;
+  extern __shared__ uint2 candidates[];  // (score bits, position) of the scores with key ≥ the filter
+  const int tid = static_cast<int>(threadIdx.x);
+  const float* in = scores + int64_t{blockIdx.x} * row_stride;
+  const int len = lengths != nullptr ? min(max(lengths[blockIdx.x], 0), max_len) : max_len;
+  int32_t* out_indices = indices + int64_t{blockIdx.x} * k;
+  float* out_values = values != nullptr ? values + int64_t{blockIdx.x} * k : nullptr;
+  const auto emit = [&](int slot, int position, float value) {
+    out_indices[slot] = position;
+    if (out_values != nullptr) out_values[slot] = value;
+  };
+
+  const bool whole_row = len <= capacity;  // every selectable score fits the buffer
+  if (!whole_row && 2 * k > capacity) {
+    StreamingSelectRow<kThreads>(sh, candidates, in, len, k, capacity, out_indices, out_values);
+    return;
+  }
+  for (int b = tid; b < kTopBins; b += kThreads) sh.hist[b] = 0;
+  if (tid == 0) {
+    sh.next_slot = 0;
+    sh.num_candidates = 0;
+  }
+  __syncthreads();
+
+  // (1) The filter key: candidates are the keys ≥ filter (never NaN or −inf).
+  uint32_t filter = kNegInfKey + 1;
+  if (!whole_row) {
+    const int misaligned = static_cast<int>((reinterpret_cast<uintptr_t>(in) >> 2) & 3);
+    const int head = (4 - misaligned) & 3;  // len > capacity ≥ 32: the head is whole
+    const int num_vecs = (len - head) >> 2;  // ≥ 7
+    const float4* vecs = reinterpret_cast<const float4*>(in + head);
+    const int sample_vecs = min(num_vecs, kThreads);
+    uint32_t keys[4] = {0u, 0u, 0u, 0u};  // key 0 (NaN's) is never counted
+    if (tid < sample_vecs) {
+      const float4 f = vecs[int64_t{tid} * num_vecs / sample_vecs];
+      keys[0] = OrderedKey(f.x);
+      keys[1] = OrderedKey(f.y);
+      keys[2] = OrderedKey(f.z);
+      keys[3] = OrderedKey(f.w);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) CountDigit(sh.hist, keys[i] > kNegInfKey, keys[i] >> kTopShift);
+    __syncthreads();
+    // The sample rank whose key should have about T scores of the row at or above it.
+    const float target = sqrtf(static_cast<float>(k) * static_cast<float>(capacity));
+    const int sample_size = 4 * sample_vecs;
+    const int rank = max(1, min(sample_size, static_cast<int>(ceilf(target * static_cast<float>(sample_size) /
+                                                                      static_cast<float>(len)))));
+    SelectBin<kThreads, kTopBins>(sh, rank);
+    if (sh.total >= rank) {  // else fewer selectable samples than the rank: take every selectable score
+      const uint32_t top_bin = static_cast<uint32_t>(sh.digit);
+      const int rank_in_bin = sh.remaining;
+      for (int b = tid; b < kLowBins; b += kThreads) sh.hist[b] = 0;  // SelectBin ended with a barrier
+      __syncthreads();
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        CountDigit(sh.hist, keys[i] > kNegInfKey && (keys[i] >> kTopShift) == top_bin,
+                   (keys[i] >> kLowBits) & kLowMask);
+      }
+      __syncthreads();
+      SelectBin<kThreads, kLowBins>(sh, rank_in_bin);  // found: the bin holds ≥ rank_in_bin samples
+      filter = (top_bin << kTopShift) | (static_cast<uint32_t>(sh.digit) << kLowBits);
+    }
+  }
+  const bool all_selectable = filter == kNegInfKey + 1;
+
+  // (2) One read of the row: every key ≥ filter is stored (as long as it fits) and counted.
+  ForEachBatch<kThreads, kFilterVecs>(in, len, [&](const float(&x)[4 * kFilterVecs], uint32_t valid, int first,
+                                                   int stride) {
+    uint32_t take = 0;
+#pragma unroll
+    for (int i = 0; i < 4 * kFilterVecs; ++i) {
+      if (((valid >> i) & 1u) && OrderedKey(x[i]) >= filter) take |= 1u << i;
+    }
+    int c = WarpReserve(&sh.num_candidates, __popc(take));
+#pragma unroll
+    for (int i = 0; i < 4 * kFilterVecs; ++i) {
+      if ((take >> i) & 1u) {
+        if (c < capacity) candidates[c] = make_uint2(__float_as_uint(x[i]), static_cast<uint32_t>(ItemPosition(first, stride, i)));
+        ++c;
+      }
+    }
+  });
+  __syncthreads();
+  const int num_candidates = sh.num_candidates;
+  if (num_candidates > capacity || (num_candidates < k && !all_selectable)) {
+    __syncthreads();  // every thread has read sh before StreamingSelectRow reinitialises it
+    StreamingSelectRow<kThreads>(sh, candidates, in, len, k, capacity, out_indices, out_values);
+    return;
+  }
+  if (num_candidates <= k) {
+    // All of them: every selectable score (padded to k), or exactly the k scores ≥ filter.
+    for (int c = tid; c < num_candidates; c += kThreads) {
+      const uint2 entry = candidates[c];
+      emit(c, static_cast<int>(entry.y), __uint_as_float(entry.x));
+    }
+    for (int i = num_candidates + tid; i < k; i += kThreads) emit(i, -1, -INFINITY);
+    return;
+  }
+
+  // (3) The exact k-th largest key among the candidates. visit(valid, key, entry) for every
+  // candidate (and invalid fillers), the same number of times in every thread.
+  const auto for_each_candidate = [&](auto&& visit) {
+    for (int c0 = 0; c0 < num_candidates; c0 += kThreads) {
+      const int c = c0 + tid;
+      const bool valid = c < num_candidates;
+      const uint2 entry = valid ? candidates[c] : make_uint2(0u, 0u);
+      visit(valid, OrderedKey(__uint_as_float(entry.x)), entry);
+    }
+  };
+  const auto emit_entry = [&](int slot, const uint2& entry) {
+    emit(slot, static_cast<int>(entry.y), __uint_as_float(entry.x));
+  };
+  for (int b = tid; b < kTopBins; b += kThreads) sh.hist[b] = 0;
+  __syncthreads();
+  for_each_candidate([&](bool valid, uint32_t key, const uint2&) { CountDigit(sh.hist, valid, key >> kTopShift); });
+  __syncthreads();
+  SelectBin<kThreads, kTopBins>(sh, k);  // found: num_candidates > k
+  const uint32_t top_bin = static_cast<uint32_t>(sh.digit);
+  int remaining = sh.remaining;
+  for (int b = tid; b < kLowBins; b += kThreads) sh.hist[b] = 0;
+  __syncthreads();
+
+  // Keys above the top bin are selected; the top bin's are counted by digit 2.
+  for_each_candidate([&](bool valid, uint32_t key, const uint2& entry) {
+    const uint32_t bin = key >> kTopShift;
+    const int slot = TakeSlot(&sh.next_slot, valid && bin > top_bin);
+    if (slot >= 0) emit_entry(slot, entry);
+    CountDigit(sh.hist, valid && bin == top_bin, (key >> kLowBits) & kLowMask);
+  });
+  __syncthreads();
+  SelectBin<kThreads, kLowBins>(sh, remaining);
+  const uint32_t prefix22 = (top_bin << kLowBits) | static_cast<uint32_t>(sh.digit);  // threshold >> 10
+  remaining = sh.remaining;
+  for (int b = tid; b < kLowBins; b += kThreads) sh.hist[b] = 0;
+  __syncthreads();
+
+  // Top-bin keys above digit 2 are selected; those on it are counted by digit 3.
+  for_each_candidate([&](bool valid, uint32_t key, const uint2& entry) {
+    const uint32_t high = key >> kLowBits;
+    const int slot = TakeSlot(&sh.next_slot, valid && (key >> kTopShift) == top_bin && high > prefix22);
+    if (slot >= 0) emit_entry(slot, entry);
+    CountDigit(sh.hist, valid && high == prefix22, key & kLowMask);
+  });
+  __syncthreads();
+  SelectBin<kThreads, kLowBins>(sh, remaining);
+  const uint32_t threshold = (prefix22 << kLowBits) | static_cast<uint32_t>(sh.digit);  // the k-th largest key
+  remaining = sh.remaining;  // how many keys equal to the threshold are selected
+  const bool take_all_ties = sh.bin_count == remaining;
+
+  // Keys above the threshold (within prefix22), and the ties when all of them are selected.
+  for_each_candidate([&](bool valid, uint32_t key, const uint2& entry) {
+    const bool take =
+        valid && (key >> kLowBits) == prefix22 && (key > threshold || (take_all_ties && key == threshold));
+    const int slot = TakeSlot(&sh.next_slot, take);
+    if (slot >= 0) emit_entry(slot, entry);
+  });
+  if (take_all_ties) return;
+
+  // The first `remaining` ties in position order take slots k − remaining … k − 1 (as kStreaming's
+  // step 5: stripes of 4 consecutive positions per thread, stopping once enough ties are found).
+  using ItemsScan = cub::BlockScan<int, kThreads>;
+  const int above_threshold = k - remaining;
+  int ties_before = 0;  // ties in earlier stripes, the same in every thread
+  for (int base = 0; base < len && ties_before < remaining; base += 4 * kThreads) {
+    int tie[4];
+    int rank[4];
+    float tie_value[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int j = base + 4 * tid + i;
+      tie_value[i] = j < len ? in[j] : 0.0f;
+      tie[i] = j < len && OrderedKey(tie_value[i]) == threshold ? 1 : 0;
+    }
+    int stripe_ties = 0;
+    ItemsScan(sh.scan).ExclusiveSum(tie, rank, stripe_ties);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      if (tie[i] && ties_before + rank[i] < remaining) {
+        emit(above_threshold + ties_before + rank[i], base + 4 * tid + i, tie_value[i]);
+      }
+    }
+    ties_before += stripe_ties;
+    __syncthreads();  // sh.scan is reused by the next stripe
+  }
+}
+
 size_t DynamicSmemBytes(int capacity) { return size_t(capacity) * sizeof(uint2); }
 
+template <bool kSampled, int kThreads, int kMinBlocksPerSm>
+constexpr auto KernelFor() {
+  if constexpr (kSampled) {
+    return SampledTopKKernel<kThreads, kMinBlocksPerSm>;
+  } else {
+    return StreamingTopKKernel<kThreads, kMinBlocksPerSm>;
+  }
+}
+
 // Dynamic shared memory above 48 KB is opt-in per kernel and device; done once per device.
-template <int kThreads, int kMinBlocksPerSm>
+template <bool kSampled, int kThreads, int kMinBlocksPerSm>
 cudaError_t EnsureSharedMemoryConfigured(int capacity) {
   static std::atomic<uint64_t> configured_devices{0};
   int device = 0;
   if (cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
   const uint64_t bit = device < 64 ? (uint64_t{1} << device) : 0;
   if (bit != 0 && (configured_devices.load(std::memory_order_acquire) & bit) != 0) return cudaSuccess;
-  const cudaError_t e = cudaFuncSetAttribute(StreamingTopKKernel<kThreads, kMinBlocksPerSm>,
+  const cudaError_t e = cudaFuncSetAttribute(KernelFor<kSampled, kThreads, kMinBlocksPerSm>(),
                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              static_cast<int>(DynamicSmemBytes(capacity)));
   if (e == cudaSuccess) configured_devices.fetch_or(bit, std::memory_order_acq_rel);
@@ -575,26 +809,28 @@ int MultiprocessorCount() {
   return count;
 }
 
-template <int kThreads, int kMinBlocksPerSm>
+template <bool kSampled, int kThreads, int kMinBlocksPerSm>
 cudaError_t LaunchWith(int max_capacity, const float* scores, int rows, int64_t row_stride, const int32_t* lengths,
                        int max_len, int k, int32_t* indices, float* values, cudaStream_t stream) {
-  if (cudaError_t e = EnsureSharedMemoryConfigured<kThreads, kMinBlocksPerSm>(max_capacity); e != cudaSuccess) {
+  if (cudaError_t e = EnsureSharedMemoryConfigured<kSampled, kThreads, kMinBlocksPerSm>(max_capacity);
+      e != cudaSuccess) {
     return e;
   }
   const int capacity = std::max(32, std::min(max_capacity, (max_len + 31) / 32 * 32));
-  StreamingTopKKernel<kThreads, kMinBlocksPerSm><<<rows, kThreads, DynamicSmemBytes(capacity), stream>>>(
+  KernelFor<kSampled, kThreads, kMinBlocksPerSm>()<<<rows, kThreads, DynamicSmemBytes(capacity), stream>>>(
       scores, row_stride, lengths, max_len, k, capacity, indices, values);
   return cudaGetLastError();
 }
 
+template <bool kSampled>
 cudaError_t Launch(const float* scores, int rows, int64_t row_stride, const int32_t* lengths, int max_len, int k,
                    int32_t* indices, float* values, cudaStream_t stream) {
   if (rows > MultiprocessorCount()) {
-    return LaunchWith<kThreadsManyRows, 2>(kCandidatesManyRows, scores, rows, row_stride, lengths, max_len, k, indices,
-                                          values, stream);
+    return LaunchWith<kSampled, kThreadsManyRows, 2>(kCandidatesManyRows, scores, rows, row_stride, lengths, max_len,
+                                                     k, indices, values, stream);
   }
-  return LaunchWith<kThreadsFewRows, 1>(kCandidatesFewRows, scores, rows, row_stride, lengths, max_len, k, indices,
-                                        values, stream);
+  return LaunchWith<kSampled, kThreadsFewRows, 1>(kCandidatesFewRows, scores, rows, row_stride, lengths, max_len, k,
+                                                  indices, values, stream);
 }
 
 }  // namespace streaming
@@ -609,10 +845,16 @@ cudaError_t TopK(const float* scores, int rows, int64_t row_stride, const int32_
   if (rows == 0 || k == 0) return cudaSuccess;
   if (scores == nullptr || indices == nullptr) return cudaErrorInvalidValue;
   if (workspace_bytes < TopKWorkspaceBytes(rows, max_len, k)) return cudaErrorInvalidValue;
-  if (algorithm == TopKAlgorithm::kRegisterRadix) {
-    return register_radix::Launch(scores, rows, row_stride, lengths, max_len, k, indices, values, stream);
+  switch (algorithm) {
+    case TopKAlgorithm::kRegisterRadix:
+      return register_radix::Launch(scores, rows, row_stride, lengths, max_len, k, indices, values, stream);
+    case TopKAlgorithm::kStreaming:
+      return streaming::Launch<false>(scores, rows, row_stride, lengths, max_len, k, indices, values, stream);
+    case TopKAlgorithm::kAuto:
+    case TopKAlgorithm::kSampledThreshold:
+      break;
   }
-  return streaming::Launch(scores, rows, row_stride, lengths, max_len, k, indices, values, stream);
+  return streaming::Launch<true>(scores, rows, row_stride, lengths, max_len, k, indices, values, stream);
 }
 
 }  // namespace asyncspade::kernels::cuda

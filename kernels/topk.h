@@ -29,9 +29,10 @@ void TopK(const float* scores, int rows, int64_t row_stride, const int32_t* leng
 
 // Which CUDA implementation TopK runs (both return the same sets; the benchmark times both).
 enum class TopKAlgorithm : uint8_t {
-  kAuto,           // the default: kStreaming
-  kStreaming,      // histogram pass + one re-read, refinement on chip (see cuda::TopK)
-  kRegisterRadix,  // the first implementation: 1024-thread radix select with the row in registers
+  kAuto,             // the default: kSampledThreshold
+  kStreaming,        // histogram pass + one re-read, refinement on chip (see cuda::TopK)
+  kRegisterRadix,    // the first implementation: 1024-thread radix select with the row in registers
+  kSampledThreshold, // a sampled filter, one read of the row into shared memory, selection on chip
 };
 
 namespace cuda {
@@ -48,7 +49,12 @@ size_t TopKWorkspaceBytes(int rows, int max_len, int k);
 // that bin's scores in shared memory (up to 8K of them, 24K when rows ≤ SMs; otherwise later
 // passes re-read the row); two 10-bit digits over the stored scores give the exact k-th largest
 // key; only when some but not all of the scores equal to it are selected does an ordered block
-// scan over the row pick the lowest positions. kRegisterRadix: 1024 threads, three histogram
+// scan over the row pick the lowest positions. kSampledThreshold (the default; kStreaming's CTA
+// shapes and buffer): a sample of the row sets a filter key expected to keep ~sqrt(k · buffer)
+// scores; one read stores every score at or above it in shared memory, and the exact selection
+// (three digits, the same tie scan) runs over those; rows that fit the buffer are stored whole,
+// and when the sample misleads (fewer than k or more than the buffer kept) or k exceeds half the
+// buffer, the row runs kStreaming instead. kRegisterRadix: 1024 threads, three histogram
 // passes (11, 11, 10 bits) with the row in registers up to 32768 scores, re-read beyond. Kernel
 // variants depend only on host values (`max_len`, `rows`), so the launch can be captured in a CUDA
 // graph while `lengths` and the scores change between replays.

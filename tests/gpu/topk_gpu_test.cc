@@ -1,6 +1,9 @@
-// CUDA TopK against the CPU reference, for both CUDA algorithms (kStreaming, the default, and
-// kRegisterRadix): the selected sets must be identical (ties included, both break them by lower
-// position), and every returned value must be the score at its position.
+// CUDA TopK against the CPU reference, for every CUDA algorithm (kSampledThreshold, the default,
+// kStreaming and kRegisterRadix): the selected sets must be identical (ties included, all break
+// them by lower position), and every returned value must be the score at its position. Cases also
+// drive kSampledThreshold through each of its paths: rows that fit its buffer, a good sample, a
+// sample that finds too few or too many scores above its filter (the kStreaming fallback), and k
+// too large for its buffer.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -30,6 +33,12 @@ enum class Fill {
   kNarrow,
   // Seven levels inside [1, 1.01): the overflowing bin again, with long tie runs at the threshold.
   kNarrowFewLevels,
+  // Every float4 whose index is a multiple of 8 (where kSampledThreshold's sample reads, for an
+  // aligned row of 32768 scores and 512 or 1024 threads) holds the row's largest scores: the
+  // sample's filter keeps too few scores, and the row must be selected by the fallback.
+  kSampleBaitHigh,
+  // ... the row's smallest scores: the filter keeps more scores than the buffer takes.
+  kSampleBaitLow,
 };
 
 struct Case {
@@ -53,6 +62,14 @@ std::vector<float> MakeScores(const Case& c, uint32_t seed) {
   } else if (c.fill == Fill::kNarrowFewLevels) {
     std::uniform_int_distribution<int> level(0, 6);
     for (float& x : scores) x = 1.0f + 0.001f * level(rng);
+  } else if (c.fill == Fill::kSampleBaitHigh || c.fill == Fill::kSampleBaitLow) {
+    std::uniform_real_distribution<float> bait(100.0f, 101.0f);
+    const float sign = c.fill == Fill::kSampleBaitHigh ? 1.0f : -1.0f;
+    for (int r = 0; r < c.rows; ++r) {
+      for (int j = 0; j < c.max_len; ++j) {
+        if ((j / 4) % 8 == 0) scores[size_t(r) * c.row_stride + j] = sign * bait(rng);
+      }
+    }
   } else if (c.fill == Fill::kWithExcluded) {
     // −inf (sinks / recent window), NaN and ±0 sprinkled in; some rows are mostly excluded, so they
     // hold fewer than k selectable scores.
@@ -80,6 +97,7 @@ const char* AlgorithmName(TopKAlgorithm algorithm) {
     case TopKAlgorithm::kAuto: return "auto";
     case TopKAlgorithm::kStreaming: return "streaming";
     case TopKAlgorithm::kRegisterRadix: return "register_radix";
+    case TopKAlgorithm::kSampledThreshold: return "sampled";
   }
   return "?";
 }
@@ -135,7 +153,8 @@ void RunCaseWith(const Case& c, uint32_t seed, TopKAlgorithm algorithm) {
 }
 
 void RunCase(const Case& c, uint32_t seed) {
-  for (TopKAlgorithm algorithm : {TopKAlgorithm::kStreaming, TopKAlgorithm::kRegisterRadix}) {
+  for (TopKAlgorithm algorithm :
+       {TopKAlgorithm::kSampledThreshold, TopKAlgorithm::kStreaming, TopKAlgorithm::kRegisterRadix}) {
     RunCaseWith(c, seed, algorithm);
   }
 }
@@ -186,6 +205,23 @@ TEST_F(TopKGpuTest, SelectorShapeOfTheBenchmark) {
 TEST_F(TopKGpuTest, QuestAndLongRowShapesOfTheBenchmark) {
   RunCase({"256 x 2048 pages, k=128", 256, 2048, 128, 2048, false, Fill::kRandom}, 17);
   RunCase({"32 x 128K, k=2048", 32, 131072, 2048, 131072, false, Fill::kRandom}, 18);
+}
+
+TEST_F(TopKGpuTest, SampledFilterPaths) {
+  // More rows than SMs (512 threads, 8K buffer) and few rows (1024 threads, 24K buffer).
+  RunCase({"bait high, many rows", 140, 32768, 2048, 32768, false, Fill::kSampleBaitHigh}, 19);
+  RunCase({"bait high, few rows", 4, 32768, 2048, 32768, false, Fill::kSampleBaitHigh}, 20);
+  RunCase({"bait low, many rows", 140, 32768, 2048, 32768, false, Fill::kSampleBaitLow}, 21);
+  RunCase({"bait low, few rows", 4, 32768, 2048, 32768, false, Fill::kSampleBaitLow}, 22);
+  // k above half the buffer: kStreaming directly.
+  RunCase({"k > buffer / 2, many rows", 140, 20000, 5000, 20000, false, Fill::kRandom}, 23);
+  // Unaligned rows (odd stride) with lengths: some rows sampled, some within the buffer.
+  RunCase({"unaligned rows, lengths", 140, 20001, 1000, 20003, true, Fill::kRandom}, 24);
+  RunCase({"unaligned rows, ties", 3, 70001, 2500, 70005, true, Fill::kFewLevels}, 25);
+}
+
+TEST_F(TopKGpuTest, AutoSelectsTheSameSets) {
+  RunCaseWith({"auto, 256 x 32K", 256, 32768, 2048, 32768, false, Fill::kRandom}, 26, TopKAlgorithm::kAuto);
 }
 
 TEST_F(TopKGpuTest, RejectsInvalidArguments) {

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "kernels/cuda_status.h"
+#include "tools/bench/l2_flush.h"
 
 namespace asyncspade::bench {
 
@@ -60,6 +61,11 @@ absl::StatusOr<Timer> Timer::Create(const TimingOptions& options) {
   if (options.flush_l2) {
     // Larger than any GPU's L2 (H200: 60 MB).
     ASSIGN_OR_RETURN(t.flush_, DeviceMemory::Allocate(size_t{256} << 20, "the L2 flush buffer"));
+    ASSIGN_OR_RETURN(t.sink_, DeviceMemory::Allocate(sizeof(uint32_t), "the L2 flush sink"));
+    if (options.clean_flush) {
+      // Zeros, so that reading it (ReadThroughL2) never stores to the sink.
+      RETURN_IF_CUDA_ERROR(cudaMemset(t.flush_.as<char>(), 0, t.flush_.bytes()));
+    }
   }
   return t;
 }
@@ -68,7 +74,8 @@ Timer::Timer(Timer&& other) noexcept
     : options_(other.options_),
       start_(std::exchange(other.start_, nullptr)),
       stop_(std::exchange(other.stop_, nullptr)),
-      flush_(std::move(other.flush_)) {}
+      flush_(std::move(other.flush_)),
+      sink_(std::move(other.sink_)) {}
 
 Timer::~Timer() {
   if (start_ != nullptr) cudaEventDestroy(start_);
@@ -80,7 +87,13 @@ absl::StatusOr<Timing> Timer::Time(const std::function<cudaError_t()>& launch) {
   RETURN_IF_CUDA_ERROR(cudaDeviceSynchronize());
   std::vector<double> samples;
   for (int i = 0; i < options_.reps; ++i) {
-    if (flush_.bytes() > 0) RETURN_IF_CUDA_ERROR(cudaMemsetAsync(flush_.as<char>(), i & 0xff, flush_.bytes()));
+    if (flush_.bytes() > 0) {
+      if (options_.clean_flush) {
+        RETURN_IF_CUDA_ERROR(ReadThroughL2(flush_.as<void>(), flush_.bytes(), sink_.as<uint32_t>(), nullptr));
+      } else {
+        RETURN_IF_CUDA_ERROR(cudaMemsetAsync(flush_.as<char>(), i & 0xff, flush_.bytes()));
+      }
+    }
     RETURN_IF_CUDA_ERROR(cudaEventRecord(start_));
     RETURN_IF_CUDA_ERROR(launch());
     RETURN_IF_CUDA_ERROR(cudaEventRecord(stop_));

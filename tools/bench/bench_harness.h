@@ -47,6 +47,10 @@ struct TimingOptions {
   int warmup = 10;
   int reps = 100;
   bool flush_l2 = true;
+  // How L2 is flushed when flush_l2: by writing a 256 MB buffer (false; the default, what every
+  // earlier report used), which leaves ~L2-sized dirty lines that the timed kernel pays to write
+  // back, or by reading it (true), which leaves only clean lines.
+  bool clean_flush = false;
 };
 
 struct Timing {
@@ -69,7 +73,8 @@ class Timer {
   TimingOptions options_;
   cudaEvent_t start_ = nullptr;
   cudaEvent_t stop_ = nullptr;
-  DeviceMemory flush_;  // written between repetitions so inputs do not stay in L2
+  DeviceMemory flush_;  // written (or read) between repetitions so inputs do not stay in L2
+  DeviceMemory sink_;   // ReadThroughL2's sink
 };
 
 struct Measurement {

@@ -1,9 +1,11 @@
 // Benchmark of the model-forward kernels other than attention, at Qwen3-8B shapes (hidden 4096,
 // intermediate 12288, Hq 32, Hkv 8, d 128, vocab 151936):
-//   - linear layers at decode batch sizes (m = 1, 4, 16, 32, 64) on cuBLASLt and on the skinny
-//     kernel side by side (`*`: what GemmBackend::kAuto picks): weight-streaming bandwidth (bytes =
-//     weights + activations in and out) against the 4.28 TB/s floor; the B = 1 decode step's
-//     linears summed; a sweep of skinny CTA shapes; a prefill GEMM in TFLOP/s;
+//   - linear layers at decode batch sizes (m = 1, 4, 8, 16, 32, 64) on cuBLASLt, the skinny
+//     tensor-core kernel, the GEMV kernel and the autotuned kAuto plan side by side (`*`: what the
+//     previous shape rule picked): weight-streaming bandwidth (bytes = weights + activations in
+//     and out) against the 4.28 TB/s floor; the B = 1 decode step's linears summed (autotuned,
+//     previous rule, best row); sweeps of GEMV and skinny configurations; a prefill GEMM in
+//     TFLOP/s;
 //   - the elementwise / row kernels (embedding, fused add-RMSNorm, q/k norm + RoPE, SiluAndMul,
 //     KV append) at a decode batch and a prefill chunk, as bandwidth;
 //   - sampling at batch 64 over the full vocabulary (greedy, Qwen3's T 0.6 / top-k 20 /
@@ -11,6 +13,7 @@
 // Every timed run starts with L2 flushed clean (model_bench_common.cuh, L2Flush).
 // Prints a table; --json FILE writes it; --quick runs fewer shapes.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <memory>
 #include <numeric>
@@ -50,58 +53,59 @@ constexpr LinearShape kLinears[] = {
     {"down_proj", kHidden, kInter},
     {"lm_head", kVocab, kHidden},
 };
+constexpr size_t kLinearsCount = sizeof(kLinears) / sizeof(kLinears[0]);
 
-// Times one linear layer shape on one backend and returns its row. `config` is used for the
-// skinny kernel (through kernels::cuda::SkinnyGemm directly, with its own workspace).
-BenchRow TimeLinear(Timer& timer, const BenchFlags& flags, kernels::cuda::CublasLtGemm* lt,
-                    const kernels::cuda::SkinnyGemmConfig* config, const LinearShape& shape,
-                    int m, const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y,
-                    void* skinny_workspace, size_t skinny_workspace_bytes, const char* suffix,
-                    L2Flush flush = L2Flush::kClean) {
-  double micros = 0.0;
-  if (config == nullptr) {
-    micros = timer.MedianMicros(
-        [&](cudaStream_t s) {
-          const absl::Status run = lt->Run(x, w, nullptr, m, shape.n, shape.k, y, s);
-          if (!run.ok()) {
-            std::fprintf(stderr, "FAIL: %s\n", run.ToString().c_str());
-            std::exit(1);
-          }
-        },
-        flags.warmup, flags.reps, flush);
-  } else {
-    micros = timer.MedianMicros(
-        [&](cudaStream_t s) {
-          BENCH_CHECK_CUDA(kernels::cuda::SkinnyGemm(x, w, nullptr, m, shape.n, shape.k, *config,
-                                                     skinny_workspace, skinny_workspace_bytes, y,
-                                                     s));
-        },
-        flags.warmup, flags.reps, flush);
-  }
+// Times `launch` (enqueues one linear layer on the given stream) and returns its row, with the
+// bytes a linear layer must move (weights, x in, y out) and its FLOPs.
+template <typename Launch>
+BenchRow TimeLinear(Timer& timer, const BenchFlags& flags, const std::string& kernel,
+                    const std::string& shape_suffix, const LinearShape& shape, int m,
+                    Launch&& launch, L2Flush flush = L2Flush::kClean) {
   BenchRow row;
-  row.kernel = std::string("gemm_") + shape.name + "_" + (config ? "skinny" : "cublaslt") + suffix;
+  row.kernel = kernel;
   row.shape = "m=" + std::to_string(m) + " n=" + std::to_string(shape.n) +
-              " k=" + std::to_string(shape.k);
-  if (config != nullptr) {
-    row.shape += " R=" + std::to_string(config->row_groups_per_cta) +
-                 " S=" + std::to_string(config->k_splits);
-    row.extra = "\"backend\": \"skinny\", \"row_groups_per_cta\": " +
-                std::to_string(config->row_groups_per_cta) +
-                ", \"k_splits\": " + std::to_string(config->k_splits);
-  } else {
-    row.extra = "\"backend\": \"cublaslt\"";
-  }
-  row.micros = micros;
+              " k=" + std::to_string(shape.k) + shape_suffix;
+  row.micros = timer.MedianMicros(launch, flags.warmup, flags.reps, flush);
   row.bytes = 2.0 * (double(shape.n) * shape.k + double(m) * shape.k + double(m) * shape.n);
   row.flops = 2.0 * m * double(shape.n) * shape.k;
   return row;
 }
 
-// Decode-sized linear layers on both backends side by side (cuBLASLt forced, the skinny kernel
-// with PlanSkinnyGemm's configuration; `*` marks what GemmBackend::kAuto runs), a sweep of skinny
-// CTA shapes / k splits (for tuning PlanSkinnyGemm), one cuBLASLt row timed after a dirty L2
-// flush (the first run's method, to show what it cost), the B = 1 decode step's linears summed
-// against their weight-read floor, and a prefill GEMM in TFLOP/s.
+// A CublasLtGemm::Run launch that exits on failure.
+auto PlannedRun(kernels::cuda::CublasLtGemm* gemm, const __nv_bfloat16* x,
+                const __nv_bfloat16* w, __nv_bfloat16* y, int m, const LinearShape& shape) {
+  return [=](cudaStream_t s) {
+    const absl::Status run = gemm->Run(x, w, nullptr, m, shape.n, shape.k, y, s);
+    if (!run.ok()) {
+      std::fprintf(stderr, "FAIL: %s\n", run.ToString().c_str());
+      std::exit(1);
+    }
+  };
+}
+
+std::string SkinnyText(const kernels::cuda::SkinnyGemmConfig& c) {
+  return " R=" + std::to_string(c.row_groups_per_cta) + " S=" + std::to_string(c.k_splits);
+}
+
+std::string GemvText(const kernels::cuda::GemvConfig& c) {
+  return " R=" + std::to_string(c.rows_per_warp) + " W=" + std::to_string(c.warps_per_cta) +
+         " S=" + std::to_string(c.k_splits);
+}
+
+// What an autotuned plan runs, without the timing note: "gemv R=1 W=8 S=1".
+std::string PickedText(const std::string& description) {
+  return description.substr(0, description.find(" ("));
+}
+
+// Decode-sized linear layers, old and new side by side: cuBLASLt (its heuristic's first algorithm),
+// the skinny tensor-core kernel (PlanSkinnyGemm's configuration), the GEMV kernel (PlanGemv's
+// configuration, m ≤ 8), and `auto` = what CublasLtGemm's autotuned kAuto plan runs (timed through
+// CublasLtGemm::Run, so exactly the picked backend, configuration and cuBLASLt algorithm). `*`
+// marks the backend the previous shape rule picked (skinny for m ≤ 16 and n < 65536). Then one
+// cuBLASLt row timed after a dirty L2 flush (the first run's method, to show what it cost), the
+// B = 1 decode step's linears summed three ways (autotuned, previous rule, best measured row)
+// against their weight-read floor, sweeps of GEMV and skinny configurations, and a prefill GEMM in
+// TFLOP/s.
 void BenchGemms(Timer& timer, const BenchFlags& flags, std::vector<BenchRow>* rows) {
   auto created_lt = kernels::cuda::CublasLtGemm::Create();
   auto created_auto = kernels::cuda::CublasLtGemm::Create();
@@ -111,83 +115,150 @@ void BenchGemms(Timer& timer, const BenchFlags& flags, std::vector<BenchRow>* ro
     std::exit(1);
   }
   kernels::cuda::CublasLtGemm& lt = **created_lt;
-  kernels::cuda::CublasLtGemm& automatic = **created_auto;  // only asked which backend it picks
-  const size_t skinny_workspace_bytes = size_t{64} << 20;
-  void* skinny_workspace = DeviceAlloc<char>(skinny_workspace_bytes);
-  BENCH_CHECK_CUDA(cudaMemset(skinny_workspace, 0, skinny_workspace_bytes));
+  kernels::cuda::CublasLtGemm& automatic = **created_auto;
+  const size_t split_workspace_bytes = size_t{64} << 20;
+  void* split_workspace = DeviceAlloc<char>(split_workspace_bytes);
+  BENCH_CHECK_CUDA(cudaMemset(split_workspace, 0, split_workspace_bytes));
   const std::vector<int> batch_sizes =
-      flags.quick ? std::vector<int>{1, 16, 64} : std::vector<int>{1, 4, 16, 32, 64};
+      flags.quick ? std::vector<int>{1, 8, 16, 64} : std::vector<int>{1, 4, 8, 16, 32, 64};
   std::vector<BenchRow> sweep;
-  // Per-layer linears at m = 1: the time of the backend kAuto picks, and the floor.
+  // Per-layer linears at m = 1: the autotuned plan, the previous rule, the best row, the floor.
   double step_auto_us = 0.0;
+  double step_old_rule_us = 0.0;
   double step_best_us = 0.0;
   double step_floor_us = 0.0;
+  double plan_seconds = 0.0;
   constexpr int kLayers = 36;  // Qwen3-8B
   for (const LinearShape& shape : kLinears) {
     const size_t w_elems = size_t{1} * shape.n * shape.k;
     __nv_bfloat16* w = DeviceAlloc<__nv_bfloat16>(w_elems);
     FillRandom(w, w_elems, 11, 0.02f);
+    const std::string name = shape.name;
     for (int m : batch_sizes) {
       __nv_bfloat16* x = DeviceAlloc<__nv_bfloat16>(size_t{1} * m * shape.k);
       __nv_bfloat16* y = DeviceAlloc<__nv_bfloat16>(size_t{1} * m * shape.n);
       FillRandom(x, size_t{1} * m * shape.k, 12);
+      BENCH_CHECK_CUDA(cudaDeviceSynchronize());
+      const auto plan_start = std::chrono::steady_clock::now();
+      const absl::Status auto_planned = automatic.Plan(m, shape.n, shape.k, false);
+      plan_seconds +=
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - plan_start).count();
       for (const absl::Status& planned :
            {lt.Plan(m, shape.n, shape.k, false, kernels::cuda::GemmBackend::kCublasLt),
-            automatic.Plan(m, shape.n, shape.k, false)}) {
+            auto_planned}) {
         if (!planned.ok()) {
           std::fprintf(stderr, "FAIL: %s\n", planned.ToString().c_str());
           std::exit(1);
         }
       }
-      const kernels::cuda::GemmBackend picked = automatic.PlannedBackend(m, shape.n, shape.k, false);
-      BenchRow lt_row = TimeLinear(timer, flags, &lt, nullptr, shape, m, x, w, y, nullptr, 0, "");
-      BenchRow skinny_row;
+      std::vector<BenchRow> shape_rows;
+      BenchRow lt_row = TimeLinear(timer, flags, "gemm_" + name + "_cublaslt", "", shape, m,
+                                   PlannedRun(&lt, x, w, y, m, shape));
+      lt_row.extra = "\"backend\": \"cublaslt\"";
+      shape_rows.push_back(lt_row);
       const bool skinny_ok = kernels::cuda::SkinnyGemmSupports(m, shape.n, shape.k);
+      const bool old_rule_skinny = skinny_ok && m <= 16 && shape.n < 65536;
       if (skinny_ok) {
         kernels::cuda::SkinnyGemmConfig config;
         BENCH_CHECK_CUDA(kernels::cuda::PlanSkinnyGemm(
             m, shape.n, shape.k, kernels::cuda::CublasLtGemm::kSkinnyWorkspaceBytes, &config));
-        skinny_row = TimeLinear(timer, flags, nullptr, &config, shape, m, x, w, y,
-                                skinny_workspace, skinny_workspace_bytes, "");
+        BenchRow row = TimeLinear(timer, flags, "gemm_" + name + "_skinny", SkinnyText(config),
+                                  shape, m, [&](cudaStream_t s) {
+                                    BENCH_CHECK_CUDA(kernels::cuda::SkinnyGemm(
+                                        x, w, nullptr, m, shape.n, shape.k, config,
+                                        split_workspace, split_workspace_bytes, y, s));
+                                  });
+        row.extra = "\"backend\": \"skinny\", \"row_groups_per_cta\": " +
+                    std::to_string(config.row_groups_per_cta) +
+                    ", \"k_splits\": " + std::to_string(config.k_splits);
+        shape_rows.push_back(row);
       }
-      BenchRow& picked_row =
-          picked == kernels::cuda::GemmBackend::kSkinny && skinny_ok ? skinny_row : lt_row;
-      picked_row.shape += " *";
-      picked_row.extra += ", \"auto_pick\": true";
-      rows->push_back(lt_row);
-      PrintRow(lt_row);
-      if (skinny_ok) {
-        rows->push_back(skinny_row);
-        PrintRow(skinny_row);
+      if (old_rule_skinny) {
+        shape_rows.back().shape += " *";
+      } else {
+        shape_rows.front().shape += " *";
       }
+      const BenchRow old_rule_row = old_rule_skinny ? shape_rows.back() : shape_rows.front();
+      kernels::cuda::GemvConfig gemv_config;
+      const bool gemv_ok =
+          kernels::cuda::GemvSupports(m, shape.n, shape.k) &&
+          kernels::cuda::PlanGemv(m, shape.n, shape.k,
+                                  kernels::cuda::CublasLtGemm::kSkinnyWorkspaceBytes,
+                                  &gemv_config) == cudaSuccess;
+      if (gemv_ok) {
+        BenchRow row = TimeLinear(timer, flags, "gemm_" + name + "_gemv", GemvText(gemv_config),
+                                  shape, m, [&](cudaStream_t s) {
+                                    BENCH_CHECK_CUDA(kernels::cuda::Gemv(
+                                        x, w, nullptr, m, shape.n, shape.k, gemv_config,
+                                        split_workspace, split_workspace_bytes, y, s));
+                                  });
+        row.extra = "\"backend\": \"gemv\", \"rows_per_warp\": " +
+                    std::to_string(gemv_config.rows_per_warp) + ", \"warps_per_cta\": " +
+                    std::to_string(gemv_config.warps_per_cta) +
+                    ", \"k_splits\": " + std::to_string(gemv_config.k_splits);
+        shape_rows.push_back(row);
+      }
+      const std::string picked = automatic.PlanDescription(m, shape.n, shape.k, false);
+      BenchRow auto_row = TimeLinear(timer, flags, "gemm_" + name + "_auto",
+                                     " = " + PickedText(picked), shape, m,
+                                     PlannedRun(&automatic, x, w, y, m, shape));
+      auto_row.extra = "\"backend\": \"auto\", \"plan\": \"" + picked + "\"";
+      double best_us = auto_row.micros;
+      for (BenchRow& row : shape_rows) {
+        best_us = std::min(best_us, row.micros);
+        PrintRow(row);
+        rows->push_back(row);
+      }
+      PrintRow(auto_row);
+      rows->push_back(auto_row);
       if (m == 1) {
         const double floor_us = lt_row.bytes / kReferenceBandwidthBytesPerSecond * 1e6;
-        const int repeat = std::string(shape.name) == "lm_head" ? 1 : kLayers;
-        step_auto_us += repeat * picked_row.micros;
-        step_best_us +=
-            repeat * (skinny_ok ? std::min(lt_row.micros, skinny_row.micros) : lt_row.micros);
+        const int repeat = name == "lm_head" ? 1 : kLayers;
+        step_auto_us += repeat * auto_row.micros;
+        step_old_rule_us += repeat * old_rule_row.micros;
+        step_best_us += repeat * best_us;
         step_floor_us += repeat * floor_us;
-        if (std::string(shape.name) == "o_proj") {
-          BenchRow dirty =
-              TimeLinear(timer, flags, &lt, nullptr, shape, m, x, w, y, nullptr, 0,
-                         "_dirtyL2", L2Flush::kDirty);
-          dirty.extra += ", \"l2_flush\": \"dirty\"";
+        if (name == "o_proj") {
+          BenchRow dirty = TimeLinear(timer, flags, "gemm_o_proj_cublaslt_dirtyL2", "", shape, m,
+                                      PlannedRun(&lt, x, w, y, m, shape), L2Flush::kDirty);
+          dirty.extra = "\"backend\": \"cublaslt\", \"l2_flush\": \"dirty\"";
           rows->push_back(dirty);
           PrintRow(dirty);
         }
       }
-      // Tuning data: every CTA shape and a few k splits at m = 1 and 16.
-      if (!flags.quick && skinny_ok && (m == 1 || m == 16) &&
-          std::string(shape.name) != "lm_head") {
-        for (const int r : {1, 2, 4}) {
-          for (const int splits : {1, 2, 4}) {
-            const kernels::cuda::SkinnyGemmConfig config{r, splits};
-            if (kernels::cuda::SkinnyGemmWorkspaceBytes(config, m, shape.n) >
-                skinny_workspace_bytes) {
-              continue;
+      // Tuning data for the per-layer shapes: every GEMV configuration the autotuner tries at
+      // m = 1 and 8, every skinny CTA shape and a few k splits at m = 1.
+      if (!flags.quick && name != "lm_head") {
+        if (m == 1 || m == 8) {
+          for (const kernels::cuda::GemvConfig& config : kernels::cuda::GemvCandidateConfigs(
+                   m, shape.n, shape.k, kernels::cuda::CublasLtGemm::kSkinnyWorkspaceBytes)) {
+            BenchRow row = TimeLinear(timer, flags, "gemm_" + name + "_gemv_sweep",
+                                      GemvText(config), shape, m, [&](cudaStream_t s) {
+                                        BENCH_CHECK_CUDA(kernels::cuda::Gemv(
+                                            x, w, nullptr, m, shape.n, shape.k, config,
+                                            split_workspace, split_workspace_bytes, y, s));
+                                      });
+            row.extra = "\"backend\": \"gemv\"";
+            sweep.push_back(row);
+          }
+        }
+        if (m == 1 && skinny_ok) {
+          for (const int r : {1, 2, 4}) {
+            for (const int splits : {1, 2, 4}) {
+              const kernels::cuda::SkinnyGemmConfig config{r, splits};
+              if (kernels::cuda::SkinnyGemmWorkspaceBytes(config, m, shape.n) >
+                  split_workspace_bytes) {
+                continue;
+              }
+              BenchRow row = TimeLinear(timer, flags, "gemm_" + name + "_skinny_sweep",
+                                        SkinnyText(config), shape, m, [&](cudaStream_t s) {
+                                          BENCH_CHECK_CUDA(kernels::cuda::SkinnyGemm(
+                                              x, w, nullptr, m, shape.n, shape.k, config,
+                                              split_workspace, split_workspace_bytes, y, s));
+                                        });
+              row.extra = "\"backend\": \"skinny\"";
+              sweep.push_back(row);
             }
-            sweep.push_back(TimeLinear(timer, flags, nullptr, &config, shape, m, x, w, y,
-                                       skinny_workspace, skinny_workspace_bytes, "_sweep"));
           }
         }
       }
@@ -201,20 +272,32 @@ void BenchGemms(Timer& timer, const BenchFlags& flags, std::vector<BenchRow>* ro
   step.shape = "Qwen3-8B B=1: 36 layers + lm_head";
   step.micros = step_auto_us;
   step.bytes = step_floor_us * 1e-6 * kReferenceBandwidthBytesPerSecond;
-  step.extra = "\"best_backend_per_shape_us\": " + std::to_string(step_best_us);
+  step.extra = "\"best_row_per_shape_us\": " + std::to_string(step_best_us) +
+               ", \"previous_rule_us\": " + std::to_string(step_old_rule_us) +
+               ", \"floor_us\": " + std::to_string(step_floor_us);
   rows->push_back(step);
   PrintRow(step);
-  std::printf("%-30s %-44s %11.2f   (best backend per shape; floor %.2f us)\n",
+  BenchRow old_step = step;
+  old_step.kernel = "decode_step_linears_old_rule";
+  old_step.micros = step_old_rule_us;
+  old_step.extra = "\"previous_rule\": \"skinny for m <= 16 and n < 65536, else cublaslt\"";
+  rows->push_back(old_step);
+  PrintRow(old_step);
+  std::printf("%-30s %-44s %11.2f   (best measured row per shape; floor %.2f us; autotuned step "
+              "= %.3fx the floor)\n",
               "decode_step_linears_best", "Qwen3-8B B=1: 36 layers + lm_head", step_best_us,
-              step_floor_us);
+              step_floor_us, step_auto_us / step_floor_us);
+  std::printf("autotuned planning of %zu GEMM shapes took %.2f s in total\n",
+              kLinearsCount * batch_sizes.size(), plan_seconds);
   if (!sweep.empty()) {
-    std::printf("skinny GEMM sweep (R = 32-row groups per CTA, S = k splits):\n");
+    std::printf("GEMV sweep (R = rows per warp, W = warps per CTA, S = k splits) and skinny "
+                "sweep (R = 32-row groups per CTA, S = k splits):\n");
     for (BenchRow& row : sweep) {
       PrintRow(row);
       rows->push_back(std::move(row));
     }
   }
-  cudaFree(skinny_workspace);
+  cudaFree(split_workspace);
 
   // A prefill chunk: compute-bound, reported in TFLOP/s.
   {

@@ -44,7 +44,7 @@ if [[ $rc -eq 0 ]]; then summary+=("PASS torch_baselines.py"); else summary+=("F
 
 grep -h '^\[ gpu \]\|^\[  FAILED  \]' "$out/gpu_tests.log"
 echo
-tail -n 30 "$out/bench_kernels.log"
+tail -n 70 "$out/bench_kernels.log"
 echo
 tail -n 12 "$out/torch_baselines.log"
 echo
