@@ -160,13 +160,13 @@ void SparseAttentionStage::AttendDense(const AttentionBatchLayout& layout, int b
 }
 
 void SparseAttentionStage::AttendSelected(const AttentionBatchLayout& layout, int b, const SparsePolicyConfig& config,
-                                          const int32_t* selected, int num_selected, const QkvView& qkv,
-                                          const LayerKvCache& cache, float scale, float* out) {
+                                          const int32_t* selected, int num_selected, int recent,
+                                          const QkvView& qkv, const LayerKvCache& cache, float scale, float* out) {
   const int hkv = qkv.num_kv_heads;
-  const int max_indices = config.sinks + num_selected + config.recent;
+  const int max_indices = config.sinks + num_selected + recent;
   indices_.resize(size_t(hkv) * max_indices);
   counts_.resize(hkv);
-  kernels::cpu::BuildSparseIndices(selected, 1, hkv, num_selected, &layout.kv_lens[b], config.sinks, config.recent,
+  kernels::cpu::BuildSparseIndices(selected, 1, hkv, num_selected, &layout.kv_lens[b], config.sinks, recent,
                                    indices_.data(), max_indices, counts_.data());
   const int r0 = layout.q_indptr[b];
   const size_t q_floats = size_t(qkv.num_q_heads) * qkv.head_dim;
@@ -257,6 +257,7 @@ absl::Status SparseAttentionStage::Attend(int layer, const AttentionBatchLayout&
     record.step = layout.step;
     record.policy = config.policy;
     record.num_kv_heads = hkv;
+    record.recent = config.recent;
     SparseAttentionCounters delta;
     switch (config.policy) {
       case SparsePolicy::kDense:
@@ -298,6 +299,9 @@ absl::Status SparseAttentionStage::Attend(int layer, const AttentionBatchLayout&
         }
         record.num_selected = take;
         record.stale = selection->for_position < record.position;
+        // The selector excluded the positions the worker would attend as "recent" at for_position;
+        // d steps later the window has moved on by d, so widen it by d: nothing falls in between.
+        if (record.stale) record.recent = config.recent + (record.position - selection->for_position);
         delta.stale_selections = record.stale ? 1 : 0;
         delta.selections_used = 1;
         delta.selection_age_steps_sum =
@@ -307,7 +311,7 @@ absl::Status SparseAttentionStage::Attend(int layer, const AttentionBatchLayout&
     }
     delta.sparse_layer_steps = 1;
     Count(state, delta);
-    AttendSelected(layout, b, config, record.selected, record.num_selected, qkv, cache, scale, out);
+    AttendSelected(layout, b, config, record.selected, record.num_selected, record.recent, qkv, cache, scale, out);
     if (options_.observer != nullptr) options_.observer->OnSparseAttend(record);
   }
   return absl::OkStatus();

@@ -54,6 +54,9 @@ struct SparseAttendRecord {
   const int32_t* selected = nullptr;
   int num_selected = 0;
   bool stale = false;  // asyncspade: the selection was made for an earlier position
+  // The recent window actually attended: config.recent, widened for a stale selection to cover the
+  // positions its selector had excluded as "recent" back then and the current window no longer holds.
+  int recent = 0;
 };
 
 // Hooks for `asyncspade eval`: what each policy selected and predicted. Called on the decode loop
@@ -121,10 +124,11 @@ class SparseAttentionStage : public AttentionStage {
   // Attention of sequence b's rows of one layer.
   void AttendDense(const AttentionBatchLayout& layout, int b, const QkvView& qkv, const LayerKvCache& cache,
                    float scale, float* out);
-  // sinks ∪ selected [num_kv_heads, num_selected] ∪ recent, for b's single query row.
+  // sinks ∪ selected [num_kv_heads, num_selected] ∪ the last `recent` positions, for b's single
+  // query row.
   void AttendSelected(const AttentionBatchLayout& layout, int b, const SparsePolicyConfig& config,
-                      const int32_t* selected, int num_selected, const QkvView& qkv, const LayerKvCache& cache,
-                      float scale, float* out);
+                      const int32_t* selected, int num_selected, int recent, const QkvView& qkv,
+                      const LayerKvCache& cache, float scale, float* out);
   void SelectOracle(const AttentionBatchLayout& layout, int b, const SparsePolicyConfig& config, const QkvView& qkv,
                     const LayerKvCache& cache, float scale);
   absl::Status SelectQuest(int layer, const AttentionBatchLayout& layout, int b, const SparsePolicyConfig& config,

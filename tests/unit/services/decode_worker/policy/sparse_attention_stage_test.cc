@@ -380,6 +380,27 @@ TEST(SparsePoliciesStoriesTest, StaleSelectionsAreUsedAndCountedWithTwoStepsOfDe
   EXPECT_DOUBLE_EQ(run.stats.mean_selector_lag_steps(), 3.0);
 }
 
+// A late selector must not lose tokens: a selection made for position p excluded the positions the
+// worker attended as "recent" at p; when it is used at t > p the worker widens its recent window by
+// t - p. With a budget covering the context the output is then exactly dense, stale or not.
+TEST(SparsePoliciesStoriesTest, StaleSelectionsWithABudgetCoveringTheContextStillGiveTheDenseTokens) {
+  ASYNCSPADE_REQUIRE_STORIES();
+  const auto weights = testing::StoriesWeights();
+  const std::vector<int32_t> prompt = testing::LoadStoriesGolden().prompts[0].ids;
+  constexpr int kTokens = 60;
+  const auto dense = GenerateWithPolicy(weights, PolicyConfig(SparsePolicy::kDense, 512, 4, 8), prompt, kTokens);
+  for (int delay : {1, 2, 5}) {
+    SCOPED_TRACE(delay);
+    PolicyRunOptions late;
+    late.dense_below_threshold = false;
+    late.delay_steps = delay;
+    const auto run =
+        GenerateWithPolicy(weights, PolicyConfig(SparsePolicy::kAsyncSpade, 512, 4, 8), prompt, kTokens, late);
+    EXPECT_EQ(run.tokens, dense.tokens);
+    EXPECT_GT(run.stats.stale_selections, 0);
+  }
+}
+
 TEST(SparsePoliciesStoriesTest, ALayerWithoutASelectorFallsBackUntilOneServesItAgain) {
   ASYNCSPADE_REQUIRE_STORIES();
   const auto weights = testing::StoriesWeights();
