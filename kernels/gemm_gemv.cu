@@ -102,8 +102,9 @@ constexpr int MinCtasPerSm() {
 template <int kM, int kR>
 __global__ void __launch_bounds__(kMaxThreads, (MinCtasPerSm<kM, kR>())) GemvKernel(const GemvParams p) {
   constexpr int kU = kLoadsPerLane / kR;  // pieces per row, lane and round
-  extern __shared__ uint4 x_slice[];      // [kM][slice]: this CTA's pieces of x
-  __shared__ int last_split_arrived;
+  // [kM][slice]: this CTA's pieces of x, then one uint4 for the split-K flag. No static shared
+  // memory: the host's opt-in and limits count the dynamic bytes only.
+  extern __shared__ uint4 x_slice[];
 
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
@@ -218,12 +219,13 @@ __global__ void __launch_bounds__(kMaxThreads, (MinCtasPerSm<kM, kR>())) GemvKer
   // Split-K: the last CTA of the row block to arrive adds the partials in split order.
   __threadfence();  // this CTA's partials are visible device-wide before it is counted
   __syncthreads();
+  int* last_split_arrived = reinterpret_cast<int*>(x_slice + kM * slice);
   if (threadIdx.x == 0) {
     const unsigned int arrived = atomicAdd(&p.counters[blockIdx.x], 1u);
-    last_split_arrived = arrived == static_cast<unsigned int>(p.k_splits - 1);
+    *last_split_arrived = arrived == static_cast<unsigned int>(p.k_splits - 1);
   }
   __syncthreads();
-  if (!last_split_arrived) return;
+  if (!*last_split_arrived) return;
   __threadfence();
   const int rows_here = min(cta_rows, p.n - cta_row0);
   for (int idx = threadIdx.x; idx < kM * rows_here; idx += blockDim.x) {
@@ -310,7 +312,11 @@ cudaError_t EnsureSharedMemory(size_t smem_bytes, int max_smem_optin) {
   }
   const cudaError_t e = cudaFuncSetAttribute(
       GemvKernel<kM, kR>, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem_optin);
-  if (e == cudaSuccess) configured_devices.fetch_or(bit, std::memory_order_acq_rel);
+  if (e == cudaSuccess) {
+    configured_devices.fetch_or(bit, std::memory_order_acq_rel);
+  } else {
+    (void)cudaGetLastError();  // returned here: do not let the launch's check report it again
+  }
   return e;
 }
 
@@ -323,9 +329,9 @@ bool ConfigValid(const GemvConfig& config, int k) {
          config.k_splits <= kMaxSplits && config.k_splits <= Pieces(k);
 }
 
-// Shared memory of a CTA: x's largest slice.
+// Shared memory of a CTA (all dynamic): x's largest slice and the split-K flag.
 size_t SliceBytes(const GemvConfig& config, int m, int k) {
-  return static_cast<size_t>(m) * CeilDiv(Pieces(k), config.k_splits) * sizeof(uint4);
+  return (static_cast<size_t>(m) * CeilDiv(Pieces(k), config.k_splits) + 1) * sizeof(uint4);
 }
 
 int64_t RowBlocks(const GemvConfig& config, int n) {

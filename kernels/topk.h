@@ -29,7 +29,7 @@ void TopK(const float* scores, int rows, int64_t row_stride, const int32_t* leng
 
 // Which CUDA implementation TopK runs (both return the same sets; the benchmark times both).
 enum class TopKAlgorithm : uint8_t {
-  kAuto,             // the default: kSampledThreshold
+  kAuto,             // the default: kSampledThreshold for rows of 32K and more, else kStreaming
   kStreaming,        // histogram pass + one re-read, refinement on chip (see cuda::TopK)
   kRegisterRadix,    // the first implementation: 1024-thread radix select with the row in registers
   kSampledThreshold, // a sampled filter, one read of the row into shared memory, selection on chip
