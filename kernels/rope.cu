@@ -2,12 +2,13 @@
 
 #include "kernels/bf16_utils.cuh"
 #include "kernels/rope.h"
+#include "kernels/rope_detail.cuh"
 
 namespace asyncspade::kernels::cuda {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr int kMaxHalf = 256;  // head_dim ≤ 512
+constexpr int kMaxHalf = detail::kRopeMaxHalf;
 
 // Grid (token, group of kThreads / 32 heads): the token's cos/sin table is built in shared memory,
 // then each warp takes one head (q heads first, then k heads). A warp per head keeps every head's
@@ -24,18 +25,12 @@ __global__ void RopeKernel(__nv_bfloat16* q, __nv_bfloat16* k,
   __shared__ float cos_table[kMaxHalf];
   __shared__ float sin_table[kMaxHalf];
   const int64_t token = blockIdx.x;
-  const int half = head_dim / 2;
-  // Same fp32 rounding of the angle as the CPU reference (and HF's fp32 inv_freq @ positions).
-  const float position = static_cast<float>(positions[token]);
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    float s, c;
-    sincosf(position * inv_freq[i], &s, &c);
-    cos_table[i] = c;
-    sin_table[i] = s;
-  }
+  detail::BuildRopeTable(static_cast<float>(positions[token]), inv_freq, head_dim / 2, cos_table,
+                         sin_table);
   __syncthreads();
 
   const int lane = threadIdx.x & 31;
+  const int half = head_dim / 2;
   const int num_warps = blockDim.x >> 5;
   const int q_heads = q != nullptr ? num_q_heads : 0;
   const int k_heads = k != nullptr ? num_kv_heads : 0;
@@ -44,30 +39,12 @@ __global__ void RopeKernel(__nv_bfloat16* q, __nv_bfloat16* k,
     const bool is_q = head < q_heads;
     __nv_bfloat16* x = is_q ? q + (token * num_q_heads + head) * head_dim
                             : k + (token * num_kv_heads + (head - q_heads)) * head_dim;
-    float inv_rms = 1.0f;
-    const __nv_bfloat16* norm_weight = is_q ? q_norm_weight : k_norm_weight;
-    if constexpr (kNorm) {
-      float sum_squares = 0.0f;
-      for (int i = lane; i < half; i += 32) {
-        const float x1 = __bfloat162float(x[i]);
-        const float x2 = __bfloat162float(x[i + half]);
-        sum_squares += x1 * x1 + x2 * x2;
-      }
-      sum_squares = detail::WarpSum(sum_squares);
-      inv_rms = 1.0f / sqrtf(sum_squares / static_cast<float>(head_dim) + eps);
-    }
-    for (int i = lane; i < half; i += 32) {
-      float x1 = __bfloat162float(x[i]);
-      float x2 = __bfloat162float(x[i + half]);
-      if constexpr (kNorm) {
-        x1 = x1 * inv_rms * __bfloat162float(norm_weight[i]);
-        x2 = x2 * inv_rms * __bfloat162float(norm_weight[i + half]);
-      }
-      const float c = cos_table[i];
-      const float s = sin_table[i];
-      x[i] = __float2bfloat16_rn(x1 * c - x2 * s);
-      x[i + half] = __float2bfloat16_rn(x2 * c + x1 * s);
-    }
+    detail::NormRopeHead<kNorm>(x, head_dim, is_q ? q_norm_weight : k_norm_weight, eps, cos_table,
+                                sin_table, lane,
+                                [&](int i, __nv_bfloat16 first, __nv_bfloat16 second) {
+                                  x[i] = first;
+                                  x[i + half] = second;
+                                });
   }
 }
 

@@ -5,6 +5,7 @@
 #include "kernels/bf16_utils.cuh"
 #include "kernels/cuda_utils.cuh"
 #include "kernels/sparse_attention.h"
+#include "kernels/sparse_indices_detail.cuh"
 
 namespace asyncspade::kernels::cuda {
 namespace {
@@ -24,29 +25,12 @@ __global__ void __launch_bounds__(kBuildThreads)
     BuildSparseIndicesKernel(const int32_t* __restrict__ selected, int num_kv_heads, int num_selected,
                              const int32_t* __restrict__ kv_lens, int sinks, int recent, int32_t* __restrict__ indices,
                              int max_indices, int32_t* __restrict__ counts) {
-  using BlockScan = cub::BlockScan<int, kBuildThreads>;
-  __shared__ BlockScan::TempStorage scan;
+  __shared__ cub::BlockScan<int, kBuildThreads>::TempStorage scan;
   const int64_t row = blockIdx.x;
-  const int kv_len = max(kv_lens[row / num_kv_heads], 0);
-  const int sinks_end = min(max(sinks, 0), kv_len);
-  const int recent_begin = max(sinks_end, kv_len - max(recent, 0));
-  int32_t* out = indices + row * max_indices;
-  for (int t = threadIdx.x; t < sinks_end; t += kBuildThreads) out[t] = t;
-  int next = sinks_end;  // the same in every thread
-  for (int tile = 0; tile < num_selected; tile += kBuildThreads) {
-    const int i = tile + threadIdx.x;
-    const int32_t j = i < num_selected ? selected[row * num_selected + i] : -1;
-    const int keep = j >= sinks_end && j < recent_begin ? 1 : 0;
-    int rank = 0, kept = 0;
-    BlockScan(scan).ExclusiveSum(keep, rank, kept);
-    __syncthreads();  // `scan` is reused by the next tile
-    if (keep) out[next + rank] = j;
-    next += kept;
-  }
-  const int count = next + (kv_len - recent_begin);
-  for (int t = threadIdx.x; t < kv_len - recent_begin; t += kBuildThreads) out[next + t] = recent_begin + t;
-  for (int t = count + threadIdx.x; t < max_indices; t += kBuildThreads) out[t] = -1;
-  if (threadIdx.x == 0) counts[row] = count;
+  const int32_t* row_selected = selected + row * num_selected;
+  detail::WriteSparseIndexList<kBuildThreads>([&](int i) { return row_selected[i]; }, num_selected,
+                                              max(kv_lens[row / num_kv_heads], 0), sinks, recent,
+                                              indices + row * max_indices, max_indices, counts + row, scan);
 }
 
 // --- Attention, chunked (kChunked: the first implementation) ---------------------------------
