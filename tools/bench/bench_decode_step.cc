@@ -6,11 +6,20 @@
 // dense. Shapes whose KV cache does not fit are reported as infeasible, never shrunk.
 //
 //   asyncspade-bench-decode [--json FILE] [--reps N] [--warmup N] [--quick]
-//                           [--sections step,dense,sparse,tp]
+//                           [--sections warmup,step,dense,sparse,tp]
 //
-// Sections (docs/gpu_engine.md): step = Qwen3-8B B=1 (graphs on and off); dense = Qwen3-8B B=16
-// N=32K; sparse = quest and oracle at budget 2048 against dense, B ∈ {1,16,32}, N ∈ {8K,32K};
-// tp = Qwen3-32B B=16 N=16K at TP=1 and (with two GPUs visible) TP=2.
+// Sections (docs/gpu_engine.md): warmup = CudaModelRunner::Warmup() of the Qwen3-8B runner (time,
+// graphs); step = Qwen3-8B B=1 N=1K: graphs on and off, fused decode kernels on and off, the
+// logits copied to the host vs tokens drawn on the device vs drawn on the host, with the eager
+// per-stage profile of the fused and unfused step; dense = Qwen3-8B B=16 N=32K; sparse = quest,
+// oracle (softmax_sum, the quality default) and oracle with sum aggregation (one key read) at
+// budget 2048 against dense, B ∈ {1,16,32}, N ∈ {8K,32K}, plus dense and quest with the unfused
+// kernels at B=1; tp = Qwen3-32B B=16 N=16K at TP=1 and (with two GPUs visible) TP=2.
+//
+// Variant column: "fused"/"unfused" = CudaModelRunnerOptions::fuse_decode_kernels; "dev-sample" =
+// the token drawn on the device, no logits copied (what the engine now does); "host-sample" = the
+// logits row copied and sampled with kernels::cpu::Sample (the engine before), included in
+// wall_ms; both draw with temperature 0.7, top_p 0.95 (the host's full-vocabulary sort).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -30,6 +39,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/config/random_weight_presets.h"
+#include "kernels/sampling.h"
 #include "nlohmann/json.hpp"
 #include "services/decode_worker/model/cuda/cuda_model_runner.h"
 
@@ -44,7 +54,7 @@ struct Flags {
   int reps = 30;
   int warmup = 5;
   bool quick = false;
-  std::set<std::string> sections = {"step", "dense", "sparse", "tp"};
+  std::set<std::string> sections = {"warmup", "step", "dense", "sparse", "tp"};
 };
 
 bool ParseFlags(int argc, char** argv, Flags* flags) {
@@ -75,8 +85,8 @@ bool ParseFlags(int argc, char** argv, Flags* flags) {
       flags->sections.clear();
       for (absl::string_view s : absl::StrSplit(v, ',', absl::SkipEmpty())) {
         const std::string name(s);
-        if (name != "step" && name != "dense" && name != "sparse" && name != "tp") {
-          std::fprintf(stderr, "unknown section '%s' (step, dense, sparse, tp)\n", name.c_str());
+        if (name != "warmup" && name != "step" && name != "dense" && name != "sparse" && name != "tp") {
+          std::fprintf(stderr, "unknown section '%s' (warmup, step, dense, sparse, tp)\n", name.c_str());
           return false;
         }
         flags->sections.insert(name);
@@ -84,7 +94,7 @@ bool ParseFlags(int argc, char** argv, Flags* flags) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--json FILE] [--reps N>=20] [--warmup N>=2] [--quick] "
-                   "[--sections step,dense,sparse,tp]\n",
+                   "[--sections warmup,step,dense,sparse,tp]\n",
                    argv[0]);
       return false;
     }
@@ -100,27 +110,44 @@ double Median(std::vector<double> v) {
 
 struct Row {
   std::string section, model, policy, note;
+  std::string variant = "fused";
   int tp = 1, batch = 0, context = 0, budget = 0;
   bool graphs = true;
   bool feasible = true;  // false: not run (too large for the GPU, or `error`)
   bool error = false;    // a failure rather than a size limit
   double device_ms = 0, wall_ms = 0, floor_ms = 0, bytes = 0, weight_bytes = 0, kv_bytes = 0;
   double estimate_ms = -1, topk_ms = -1, attention_ms = -1, profiled_total_ms = -1;
+  CudaStageTimes stages;  // the eager profile's medians (valid when estimate_ms >= 0)
   double vs_dense = 0;
 };
+
+// How a timed step hands its result back.
+enum class Output {
+  kLogits,      // the last logits row to the host (no token)
+  kDeviceDraw,  // a token drawn on the device, no logits row copied
+  kHostDraw,    // the logits row to the host, then kernels::cpu::Sample there (timed in wall_ms)
+};
+
+kernels::SamplingParams BenchSampling() {
+  kernels::SamplingParams p;
+  p.temperature = 0.7f;
+  p.top_p = 0.95f;
+  p.seed = 42;
+  return p;
+}
 
 std::vector<Row> g_rows;
 
 void PrintHeader() {
-  std::printf("%-7s %-10s %2s %3s %6s %-7s %-3s %9s %9s %9s %6s %8s | %8s %8s %8s %8s | %7s\n", "section", "model",
-              "tp", "B", "N", "policy", "cg", "step_ms", "wall_ms", "floor_ms", "xfloor", "GB_moved", "est_ms",
-              "topk_ms", "attn_ms", "rest_ms", "/dense");
+  std::printf("%-7s %-10s %2s %3s %6s %-7s %-3s %-11s %9s %9s %9s %6s %8s | %8s %8s %8s %8s | %7s\n", "section",
+              "model", "tp", "B", "N", "policy", "cg", "variant", "step_ms", "wall_ms", "floor_ms", "xfloor",
+              "GB_moved", "est_ms", "topk_ms", "attn_ms", "rest_ms", "/dense");
 }
 
 void PrintRow(const Row& r) {
   if (!r.feasible) {
-    std::printf("%-7s %-10s %2d %3d %6d %-7s %-3s infeasible: %s\n", r.section.c_str(), r.model.c_str(), r.tp, r.batch,
-                r.context, r.policy.c_str(), r.graphs ? "on" : "off", r.note.c_str());
+    std::printf("%-7s %-10s %2d %3d %6d %-7s %-3s %-11s infeasible: %s\n", r.section.c_str(), r.model.c_str(), r.tp,
+                r.batch, r.context, r.policy.c_str(), r.graphs ? "on" : "off", r.variant.c_str(), r.note.c_str());
     std::fflush(stdout);
     return;
   }
@@ -132,9 +159,18 @@ void PrintRow(const Row& r) {
   }
   char ratio[16] = "      -";
   if (r.vs_dense > 0) std::snprintf(ratio, sizeof(ratio), "%7.3f", r.vs_dense);
-  std::printf("%-7s %-10s %2d %3d %6d %-7s %-3s %9.3f %9.3f %9.3f %6.2f %8.2f | %s | %s\n", r.section.c_str(),
-              r.model.c_str(), r.tp, r.batch, r.context, r.policy.c_str(), r.graphs ? "on" : "off", r.device_ms,
-              r.wall_ms, r.floor_ms, r.floor_ms > 0 ? r.device_ms / r.floor_ms : 0.0, r.bytes / 1e9, breakdown, ratio);
+  std::printf("%-7s %-10s %2d %3d %6d %-7s %-3s %-11s %9.3f %9.3f %9.3f %6.2f %8.2f | %s | %s\n", r.section.c_str(),
+              r.model.c_str(), r.tp, r.batch, r.context, r.policy.c_str(), r.graphs ? "on" : "off", r.variant.c_str(),
+              r.device_ms, r.wall_ms, r.floor_ms, r.floor_ms > 0 ? r.device_ms / r.floor_ms : 0.0, r.bytes / 1e9,
+              breakdown, ratio);
+  if (r.estimate_ms >= 0) {
+    const CudaStageTimes& t = r.stages;
+    std::printf(
+        "        eager profile (ms/step): gemm %.3f norm %.3f prep %.3f attn %.3f est %.3f topk %.3f act %.3f "
+        "allreduce %.3f head+emb %.3f sample %.3f | total %.3f (graph step %.3f)\n",
+        t.gemm_ms, t.norm_ms, t.prep_ms, t.attention_ms, t.estimate_ms, t.topk_ms, t.activation_ms, t.allreduce_ms,
+        t.head_ms, t.sampling_ms, t.total_ms, r.device_ms);
+  }
   std::fflush(stdout);
 }
 
@@ -222,8 +258,23 @@ class Bench {
   }
 
   // Times the decode step of the prepared sequences with `policy`.
-  Row Time(const std::string& section, const SparsePolicyConfig& policy, bool graphs, bool profile_stages) {
+  Row Time(const std::string& section, const SparsePolicyConfig& policy, bool graphs, bool profile_stages,
+           Output mode = Output::kLogits, bool fused = true) {
     Row row;
+    row.variant = mode == Output::kDeviceDraw ? "dev-sample"
+                  : mode == Output::kHostDraw ? "host-sample"
+                  : fused                     ? "fused"
+                                              : "unfused";
+    if (!fused) row.variant = "unfused";
+    if (policy.policy == SparsePolicy::kOracle && policy.aggregation == ScoreAggregation::kSum) {
+      row.variant += ",sum";
+    }
+    if (const absl::Status s = runner_->set_fuse_decode_kernels(fused); !s.ok()) {
+      row.feasible = false;
+      row.error = true;
+      row.note = absl::StrCat("switching the fused kernels: ", s.message());
+      return row;
+    }
     row.section = section;
     row.model = model_;
     row.tp = runner_->tensor_parallel_size();
@@ -234,6 +285,7 @@ class Bench {
     row.budget = policy.policy == SparsePolicy::kDense ? 0 : policy.budget;
     ForwardBatch forward;
     const std::vector<int32_t> token = {1000};
+    const kernels::SamplingParams sampling = BenchSampling();
     for (int b = 0; b < batch_; ++b) {
       ForwardSequence fs;
       fs.sequence_id = b;
@@ -241,14 +293,29 @@ class Bench {
       fs.start_position = context_ - 1;  // rewritten every step: the context stays fixed
       fs.block_table = tables_[b];
       fs.sparse = &policy;
+      if (mode == Output::kDeviceDraw) {
+        fs.logits = LogitsWanted::kNone;
+        fs.sampling = &sampling;
+      }
       forward.sequences.push_back(fs);
     }
     ForwardOutput output;
     runner_->set_cuda_graphs(graphs);
     std::vector<double> device, wall;
+    std::vector<int32_t> drawn(batch_);
+    std::vector<kernels::SamplingParams> host_params(batch_, sampling);
+    std::vector<uint64_t> host_steps(batch_, 0);
     for (int i = 0; i < flags_.warmup + flags_.reps; ++i) {
       const auto start = std::chrono::steady_clock::now();
-      const absl::Status status = runner_->Forward(forward, &output);
+      absl::Status status = runner_->Forward(forward, &output);
+      if (status.ok() && mode == Output::kHostDraw) {
+        kernels::cpu::Sample(output.logits.data(), batch_, output.vocab_size, host_params.data(), host_steps.data(),
+                             drawn.data());
+      }
+      if (status.ok() && mode == Output::kDeviceDraw &&
+          (output.sampled_tokens.size() != static_cast<size_t>(batch_) || output.sampled_tokens[0] < 0)) {
+        status = absl::InternalError("the runner returned no sampled tokens");
+      }
       const auto end = std::chrono::steady_clock::now();
       if (!status.ok()) {
         row.feasible = false;
@@ -268,21 +335,26 @@ class Bench {
     row.floor_ms = FloorMs(batch_, context_, policy);
     if (profile_stages) {
       runner_->set_stage_profiling(true);
-      std::vector<double> estimate, topk, attention, total;
+      std::vector<std::vector<double>> stages(11);
       for (int i = 0; i < 2 + flags_.reps / 2; ++i) {
         if (!runner_->Forward(forward, &output).ok()) break;
         if (i < 2) continue;
         const CudaStageTimes& t = runner_->last_stage_times();
-        estimate.push_back(t.estimate_ms);
-        topk.push_back(t.topk_ms);
-        attention.push_back(t.attention_ms);
-        total.push_back(t.total_ms);
+        const double values[] = {t.estimate_ms,   t.topk_ms,      t.attention_ms, t.gemm_ms,
+                                 t.norm_ms,       t.prep_ms,      t.activation_ms, t.allreduce_ms,
+                                 t.head_ms,       t.sampling_ms,  t.total_ms};
+        for (int k = 0; k < 11; ++k) stages[k].push_back(values[k]);
       }
       runner_->set_stage_profiling(false);
-      row.estimate_ms = Median(estimate);
-      row.topk_ms = Median(topk);
-      row.attention_ms = Median(attention);
-      row.profiled_total_ms = Median(total);
+      CudaStageTimes& m = row.stages;
+      double* fields[] = {&m.estimate_ms, &m.topk_ms,       &m.attention_ms, &m.gemm_ms,
+                          &m.norm_ms,     &m.prep_ms,       &m.activation_ms, &m.allreduce_ms,
+                          &m.head_ms,     &m.sampling_ms,   &m.total_ms};
+      for (int k = 0; k < 11; ++k) *fields[k] = Median(stages[k]);
+      row.estimate_ms = m.estimate_ms;
+      row.topk_ms = m.topk_ms;
+      row.attention_ms = m.attention_ms;
+      row.profiled_total_ms = m.total_ms;
     }
     return row;
   }
@@ -341,8 +413,11 @@ std::unique_ptr<CudaModelRunner> MakeRunner(const std::string& preset, const std
   return std::move(runner).value();
 }
 
+nlohmann::json g_warmup;  // the warm-up section's result, if run
+
 void Qwen3_8B(const Flags& flags) {
-  const bool any = flags.sections.count("step") || flags.sections.count("dense") || flags.sections.count("sparse");
+  const bool any = flags.sections.count("step") || flags.sections.count("dense") || flags.sections.count("sparse") ||
+                   flags.sections.count("warmup");
   if (!any) return;
   std::string why;
   bool out_of_memory = false;
@@ -357,15 +432,36 @@ void Qwen3_8B(const Flags& flags) {
   std::printf("qwen3-8b: %.2f GB of weights read per step, KV cache %.1f GB (%d blocks) + Quest bounds %.1f GB\n",
               runner->step_weight_bytes() / 1e9, runner->kv_cache_bytes() / 1e9, runner->kv_layout().num_blocks,
               runner->quest_metadata_bytes() / 1e9);
+  if (flags.sections.count("warmup")) {
+    // Every decode graph of up to 32 sequences and 32K tokens (the runner's default policy is not
+    // quest/oracle here, so dense ones), as a decode worker does at start-up.
+    const absl::Status warmed = runner->Warmup();
+    const CudaWarmupReport& w = runner->last_warmup();
+    if (warmed.ok()) {
+      std::printf("warmup  qwen3-8b: %d steps, %d decode graphs captured in %.3f s (max 32 sequences, 32K tokens)\n",
+                  w.steps, w.graphs_captured, w.seconds);
+      g_warmup = {{"steps", w.steps}, {"graphs", w.graphs_captured}, {"seconds", w.seconds}};
+    } else {
+      Row r{"warmup", "qwen3-8b", "dense", absl::StrCat("warm-up failed: ", warmed.message())};
+      r.feasible = false;
+      r.error = true;
+      Emit(r);
+    }
+  }
   Bench bench("qwen3-8b", std::move(runner), flags);
   const SparsePolicyConfig dense = PolicyConfig(SparsePolicy::kDense);
   const SparsePolicyConfig quest = PolicyConfig(SparsePolicy::kQuest);
   const SparsePolicyConfig oracle = PolicyConfig(SparsePolicy::kOracle);
+  SparsePolicyConfig oracle_sum = PolicyConfig(SparsePolicy::kOracle);
+  oracle_sum.aggregation = ScoreAggregation::kSum;
 
   if (flags.sections.count("step")) {
     if (bench.Prepare(1, 1024, &why)) {
-      Emit(bench.Time("step", dense, /*graphs=*/true, false));
+      Emit(bench.Time("step", dense, /*graphs=*/true, /*profile_stages=*/true));
+      Emit(bench.Time("step", dense, /*graphs=*/true, /*profile_stages=*/true, Output::kLogits, /*fused=*/false));
       Emit(bench.Time("step", dense, /*graphs=*/false, false));
+      Emit(bench.Time("step", dense, /*graphs=*/true, false, Output::kDeviceDraw));
+      Emit(bench.Time("step", dense, /*graphs=*/true, false, Output::kHostDraw));
     } else {
       Row r{"step", "qwen3-8b", "dense", why};
       r.batch = 1;
@@ -394,7 +490,7 @@ void Qwen3_8B(const Flags& flags) {
     for (int context : contexts) {
       for (int batch : batches) {
         if (!bench.Prepare(batch, context, &why)) {
-          for (const char* policy : {"dense", "quest", "oracle"}) {
+          for (const char* policy : {"dense", "quest", "oracle", "oracle"}) {
             Row r{"sparse", "qwen3-8b", policy, why};
             r.batch = batch;
             r.context = context;
@@ -406,10 +502,18 @@ void Qwen3_8B(const Flags& flags) {
         }
         Row d = bench.Time("sparse", dense, true, true);
         Emit(d);
-        for (const SparsePolicyConfig* p : {&quest, &oracle}) {
+        for (const SparsePolicyConfig* p : std::vector<const SparsePolicyConfig*>{&quest, &oracle, &oracle_sum}) {
           Row r = bench.Time("sparse", *p, true, true);
           if (d.device_ms > 0) r.vs_dense = r.device_ms / d.device_ms;
           Emit(r);
+        }
+        if (batch == 1) {
+          // Before / after the fused decode kernels, where their fixed cost per layer shows.
+          Row du = bench.Time("sparse", dense, true, true, Output::kLogits, /*fused=*/false);
+          Emit(du);
+          Row qu = bench.Time("sparse", quest, true, true, Output::kLogits, /*fused=*/false);
+          if (du.device_ms > 0) qu.vs_dense = qu.device_ms / du.device_ms;
+          Emit(qu);
         }
       }
     }
@@ -477,6 +581,7 @@ bool WriteJson(const std::string& path) {
                         {"batch", r.batch},
                         {"context", r.context},
                         {"cuda_graphs", r.graphs},
+                        {"variant", r.variant},
                         {"feasible", r.feasible},
                         {"note", r.note}};
     if (r.feasible) {
@@ -493,6 +598,12 @@ bool WriteJson(const std::string& path) {
                           {"attention", r.attention_ms},
                           {"rest", r.device_ms - r.estimate_ms - r.topk_ms - r.attention_ms},
                           {"profiled_eager_total", r.profiled_total_ms}};
+        j["eager_profile_ms"] = {{"gemm", r.stages.gemm_ms},         {"norm", r.stages.norm_ms},
+                                 {"prep", r.stages.prep_ms},         {"attention", r.stages.attention_ms},
+                                 {"estimate", r.stages.estimate_ms}, {"topk", r.stages.topk_ms},
+                                 {"activation", r.stages.activation_ms}, {"allreduce", r.stages.allreduce_ms},
+                                 {"head_and_embedding", r.stages.head_ms}, {"sampling", r.stages.sampling_ms},
+                                 {"total", r.stages.total_ms}};
       }
       if (r.vs_dense > 0) j["ratio_to_dense"] = r.vs_dense;
     }
@@ -503,6 +614,7 @@ bool WriteJson(const std::string& path) {
   const nlohmann::json doc = {{"benchmark", "asyncspade-bench-decode"},
                               {"device", prop.name},
                               {"floor_bandwidth_tbps", kFloorBytesPerSecond / 1e12},
+                              {"warmup", g_warmup},
                               {"results", rows}};
   FILE* f = std::fopen(path.c_str(), "w");
   if (f == nullptr) {

@@ -49,7 +49,7 @@ fi
 
 : > "$out/bench_decode.log"
 if [[ -x $bin/asyncspade-bench-decode ]]; then
-  run asyncspade-bench-decode 240 "$out/bench_decode.log" \
+  run asyncspade-bench-decode 300 "$out/bench_decode.log" \
     "$bin/asyncspade-bench-decode" "${quick[@]}" --json "$out/bench_decode.json"
 else
   summary+=("FAIL asyncspade-bench-decode: $bin/asyncspade-bench-decode not found")

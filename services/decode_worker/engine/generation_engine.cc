@@ -201,7 +201,7 @@ std::vector<GenerationEngine::Scheduled> GenerationEngine::Schedule() {
     const bool collect_prompt_logits = seq->request.return_prompt_logits && !seq->prompt_logits_sent;
     LogitsWanted logits = reaches_end ? LogitsWanted::kLast : LogitsWanted::kNone;
     if (collect_prompt_logits) logits = LogitsWanted::kAll;
-    scheduled.push_back({seq, chunk, logits});
+    scheduled.push_back({seq, chunk, logits, reaches_end});
   }
   return scheduled;
 }
@@ -255,6 +255,9 @@ absl::StatusOr<std::vector<GenerationEvent>> GenerationEngine::Step() {
   last_step_num_tokens_ = 0;
   if (scheduled.empty()) return events;
 
+  // A runner that samples draws the next tokens itself: their logits rows stay where they are
+  // unless the request also wants them (prompt logits).
+  const bool runner_samples = options_.sample_on_runner && runner_->samples_tokens();
   ForwardBatch batch;
   batch.sequences.reserve(scheduled.size());
   for (const Scheduled& s : scheduled) {
@@ -265,6 +268,11 @@ absl::StatusOr<std::vector<GenerationEvent>> GenerationEngine::Step() {
     fs.block_table = kv_cache_.BlockTable(s.seq->id);
     fs.logits = s.logits;
     fs.sparse = &s.seq->sparse;
+    if (runner_samples && s.reaches_end && s.seq->request.max_tokens > 0) {
+      fs.sampling = &s.seq->request.sampling;
+      fs.rng_step = static_cast<uint64_t>(s.seq->num_generated);
+      if (fs.logits == LogitsWanted::kLast) fs.logits = LogitsWanted::kNone;
+    }
     batch.sequences.push_back(fs);
     last_step_num_tokens_ += s.num_tokens;
   }
@@ -273,8 +281,10 @@ absl::StatusOr<std::vector<GenerationEvent>> GenerationEngine::Step() {
   RETURN_IF_ERROR(Annotate(runner_->Forward(batch, &output), "model forward"));
 
   // Sequences whose chunk reached the end of their known tokens get a next token (or, when only
-  // scoring, finish).
+  // scoring, finish): drawn by the runner when it was asked to, else sampled here from the rows.
   std::vector<size_t> to_sample;
+  std::vector<int32_t> sampled;
+  std::vector<size_t> host_sampled;  // indices into to_sample / sampled
   std::vector<const float*> rows;
   std::vector<SamplingParams> params;
   std::vector<uint64_t> steps;
@@ -289,13 +299,30 @@ absl::StatusOr<std::vector<GenerationEvent>> GenerationEngine::Step() {
     seq->num_computed += scheduled[b].num_tokens;
     if (seq->num_computed == static_cast<int>(seq->tokens.size())) {
       to_sample.push_back(b);
-      rows.push_back(output.last_row(static_cast<int>(b)));
-      params.push_back(seq->request.sampling);
-      steps.push_back(static_cast<uint64_t>(seq->num_generated));
+      if (batch.sequences[b].sampling != nullptr) {
+        const int32_t token =
+            b < output.sampled_tokens.size() ? output.sampled_tokens[b] : int32_t{-1};
+        if (token < 0 || token >= vocab) {
+          return absl::InternalError(absl::StrCat("the model runner was asked to sample sequence ", seq->id,
+                                                  " but returned token ", token, " (vocabulary size ", vocab,
+                                                  ", ", output.sampled_tokens.size(), " tokens for ",
+                                                  scheduled.size(), " sequences)"));
+        }
+        sampled.push_back(token);
+      } else {
+        host_sampled.push_back(sampled.size());
+        sampled.push_back(-1);
+        rows.push_back(output.last_row(static_cast<int>(b)));
+        params.push_back(seq->request.sampling);
+        steps.push_back(static_cast<uint64_t>(seq->num_generated));
+      }
     }
   }
-  std::vector<int32_t> sampled(to_sample.size());
-  sampler_.Sample(rows, params, steps, absl::MakeSpan(sampled));
+  if (!host_sampled.empty()) {
+    std::vector<int32_t> drawn(host_sampled.size());
+    sampler_.Sample(rows, params, steps, absl::MakeSpan(drawn));
+    for (size_t i = 0; i < host_sampled.size(); ++i) sampled[host_sampled[i]] = drawn[i];
+  }
 
   absl::flat_hash_map<int64_t, size_t> finished;  // sequence id → its event
   for (size_t i = 0; i < to_sample.size(); ++i) {

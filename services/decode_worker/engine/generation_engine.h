@@ -29,6 +29,10 @@ struct GenerationEngineOptions {
   // The sparse-attention settings of requests that bring none (GenerationRequest::sparse). The
   // runner's attention stage applies them; a dense stage ignores them.
   SparsePolicyConfig sparse_default;
+  // Let a runner that can (ModelRunner::samples_tokens(), e.g. the CUDA runner) draw the tokens
+  // where the logits are, instead of copying every next-token logits row to the host and sampling
+  // here. Both follow kernels::cpu::Sample's recipe; false keeps the host path for every runner.
+  bool sample_on_runner = true;
 };
 
 class GenerationEngine {
@@ -87,6 +91,7 @@ class GenerationEngine {
     Sequence* seq;
     int num_tokens;
     LogitsWanted logits;
+    bool reaches_end;  // the chunk ends at the last known token: the sequence gets its next token
   };
 
   GenerationEngine(std::unique_ptr<ModelRunner> runner, const GenerationEngineOptions& options,

@@ -11,6 +11,7 @@
 #include "common/config/sparse_policy_config.h"
 #include "common/model_config.h"
 #include "kernels/kernel_types.h"
+#include "kernels/sampling.h"
 #include "services/decode_worker/model/attention_stage.h"
 
 namespace asyncspade {
@@ -31,6 +32,13 @@ struct ForwardSequence {
   // The sequence's sparse-attention settings (the request's, resolved by the engine); null: the
   // attention stage's default. Must stay valid during Forward.
   const SparsePolicyConfig* sparse = nullptr;
+  // Non-null: the engine wants a token drawn from the logits of this chunk's last position, with
+  // these parameters and the counter `rng_step` (kernels::cpu::Sample's recipe). A runner whose
+  // samples_tokens() is true puts it in ForwardOutput::sampled_tokens whatever `logits` says
+  // (kNone: the row is computed for the draw but not returned); other runners ignore it. Must
+  // stay valid during Forward.
+  const kernels::SamplingParams* sampling = nullptr;
+  uint64_t rng_step = 0;
 };
 
 struct ForwardBatch {
@@ -44,6 +52,9 @@ struct ForwardOutput {
   // (none for kNone, one for kLast, tokens.size() for kAll).
   std::vector<float> logits;
   std::vector<int32_t> row_offsets;
+  // Runners that sample (ModelRunner::samples_tokens()): [num_seqs], the token drawn for each
+  // sequence that asked (ForwardSequence::sampling), −1 for the others. Empty otherwise.
+  std::vector<int32_t> sampled_tokens;
 
   int num_rows(int seq) const { return row_offsets[seq + 1] - row_offsets[seq]; }
   const float* row(int seq, int i) const {
@@ -64,6 +75,14 @@ class ModelRunner {
   // invalid batch (token out of vocabulary, block table too short, ...) is INVALID_ARGUMENT and
   // leaves the cache of the batch's sequences unspecified.
   virtual absl::Status Forward(const ForwardBatch& batch, ForwardOutput* output) = 0;
+  // Whether Forward draws the tokens that ForwardSequence::sampling asks for (on the device, where
+  // the logits are), so that the engine need not fetch those logits rows. False: the engine
+  // samples the returned rows on the host.
+  virtual bool samples_tokens() const { return false; }
+  // Prepares everything a first request would otherwise pay for (e.g. capturing the CUDA graphs
+  // of every decode shape). Call once, before serving: the runner may use (and then clears) its
+  // KV storage. Nothing to do by default.
+  virtual absl::Status Warmup() { return absl::OkStatus(); }
   // The engine freed the sequence's KV blocks (finished, aborted or preempted): per-sequence state
   // kept by the runner or its attention policy can go. A preempted sequence comes back later under
   // the same id with start_position 0.

@@ -181,6 +181,10 @@ absl::Status DecodeWorker::LoadAndServe() {
     return Annotate(runner.status(), absl::StrCat("decode worker ", options_.member_id, ": loading the model (",
                                                   deployment.source, ")"));
   }
+  // Before the first request: the CUDA runner captures its decode graphs (the CPU runner has
+  // nothing to do), so no request pays for a capture.
+  RETURN_IF_ERROR(Annotate((*runner)->Warmup(),
+                           absl::StrCat("decode worker ", options_.member_id, ": warming up the model runner")));
 
   GenerationEngineOptions engine_options;
   engine_options.max_batch_size = deployment.decode_workers.max_batch_size;

@@ -141,6 +141,77 @@ TEST(StepPlanTest, MixedStepKeepsSequencesAndPadsTokens) {
   EXPECT_EQ(plan.logit_rows[71], -1);
 }
 
+// On-device sampling: a sampled sequence's row is computed whether or not its logits come back;
+// sample-only rows follow the returned ones; every other row is greedy (and ignored).
+TEST(StepPlanTest, SampledRowsAreComputedAndOnlyWantedLogitsReturned) {
+  StepLimits limits = Limits();
+  limits.sample_tokens = true;
+  StepPlanner planner(limits, StepAttentionOptions{});
+  StepPlan plan;
+  planner.Reserve(&plan);
+  kernels::SamplingParams hot;
+  hot.temperature = 0.9f;
+  hot.top_p = 0.8f;
+  hot.seed = 77;
+  std::vector<int32_t> prompt(20);
+  for (int i = 0; i < 20; ++i) prompt[i] = 10 + i;
+  // Mixed: 0 a sampled prefill without logits, 1 a decode with logits and no draw, 2 a prompt
+  // with all its logits and a draw, 3 a decode drawn without logits.
+  const std::vector<TestSequence> seqs = {{prompt, Table(0, 2), 0, LogitsWanted::kNone},
+                                          {{3}, Table(1, 2), 20},
+                                          {{4, 5, 6}, Table(2, 1), 0, LogitsWanted::kAll},
+                                          {{7}, Table(3, 1), 5, LogitsWanted::kNone}};
+  ForwardBatch batch = Batch(seqs);
+  batch.sequences[0].sampling = &hot;
+  batch.sequences[0].rng_step = 3;
+  batch.sequences[2].sampling = &hot;
+  batch.sequences[2].rng_step = 0;
+  batch.sequences[3].sampling = &hot;
+  batch.sequences[3].rng_step = 9;
+  ASSERT_TRUE(planner.Build(batch, &plan).ok());
+  EXPECT_FALSE(plan.decode_only);
+  // Token rows: 0..19 sequence 0, 20 sequence 1, 21..23 sequence 2, 24 sequence 3.
+  EXPECT_EQ(plan.row_offsets, (std::vector<int32_t>{0, 0, 1, 4, 4}));
+  EXPECT_EQ(plan.num_output_rows, 4);
+  EXPECT_EQ(plan.num_logit_rows, 6);
+  EXPECT_EQ(std::vector<int32_t>(plan.logit_rows.begin(), plan.logit_rows.begin() + 7),
+            (std::vector<int32_t>{20, 21, 22, 23, 19, 24, -1}));
+  EXPECT_EQ(plan.logit_row_output, (std::vector<int32_t>{0, 1, 2, 3, -1, -1}));
+  EXPECT_EQ(plan.sample_row, (std::vector<int32_t>{4, -1, 3, 5}));
+  EXPECT_EQ(plan.num_sampled, 3);
+  ASSERT_EQ(plan.sample_params.size(), 6u);
+  EXPECT_EQ(plan.sample_params[4].seed, 77u);
+  EXPECT_EQ(plan.sample_params[0].temperature, 0.0f);
+  EXPECT_EQ(plan.sample_steps, (std::vector<uint64_t>{0, 0, 0, 0, 3, 9}));
+
+  // Decode: row b is sequence b; logits only for the one that asks.
+  const std::vector<TestSequence> decode = {{{7}, Table(10, 1), 4, LogitsWanted::kNone},
+                                            {{8}, Table(20, 3), 39},
+                                            {{9}, Table(40, 19), 299, LogitsWanted::kNone}};
+  batch = Batch(decode);
+  batch.sequences[0].sampling = &hot;
+  batch.sequences[0].rng_step = 5;
+  batch.sequences[1].sampling = &hot;
+  ASSERT_TRUE(planner.Build(batch, &plan).ok());
+  EXPECT_TRUE(plan.decode_only);
+  EXPECT_EQ(plan.num_output_rows, 1);
+  EXPECT_EQ(plan.decode_logit_source, (std::vector<int32_t>{1}));
+  EXPECT_EQ(plan.row_offsets, (std::vector<int32_t>{0, 0, 1, 1}));
+  EXPECT_EQ(plan.sample_row, (std::vector<int32_t>{0, 1, -1}));
+  EXPECT_EQ(plan.num_sampled, 2);
+  ASSERT_EQ(plan.sample_params.size(), 3u);
+  EXPECT_EQ(plan.sample_steps, (std::vector<uint64_t>{5, 0, 0}));
+  EXPECT_EQ(plan.sample_params[2].temperature, 0.0f);
+
+  // A runner that does not sample ignores the requests.
+  StepPlanner host(Limits(), StepAttentionOptions{});
+  host.Reserve(&plan);
+  ASSERT_TRUE(host.Build(batch, &plan).ok());
+  EXPECT_EQ(plan.num_sampled, 0);
+  EXPECT_EQ(plan.num_output_rows, 1);
+  EXPECT_TRUE(plan.sample_params.empty());
+}
+
 TEST(StepPlanTest, SparseGroupsAndMembership) {
   StepAttentionOptions options;
   options.default_config = Config(SparsePolicy::kDense);

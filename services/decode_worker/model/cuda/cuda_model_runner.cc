@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <cstdlib>
@@ -31,6 +32,7 @@
 #include "kernels/quest.h"
 #include "kernels/rms_norm.h"
 #include "kernels/rope.h"
+#include "kernels/sampling.h"
 #include "kernels/sparse_attention.h"
 #include "kernels/topk.h"
 #include "services/decode_worker/model/cuda/cuda_model_weights.h"
@@ -88,10 +90,13 @@ struct StagingLayout {
   size_t token_ids = 0, positions = 0, slots = 0, q_indptr = 0, kv_lens = 0, kv_lens_dense = 0;
   size_t block_tables = 0, last_rows = 0, logit_rows = 0;
   std::vector<size_t> group_kv_lens, group_scatter_rows;
+  // Last, so that the arrays a decode graph reads keep their offsets whatever is sampled.
+  size_t sample_params = 0, sample_steps = 0;
   size_t total = 0;
 };
 
-void ComputeStagingLayout(int tokens, int seqs, int block_stride, size_t logit_rows, int num_groups, StagingLayout* l) {
+void ComputeStagingLayout(int tokens, int seqs, int block_stride, size_t logit_rows, int num_groups,
+                          size_t sample_rows, StagingLayout* l) {
   OffsetPlanner planner;
   l->token_ids = planner.AddArray<int32_t>(tokens);
   l->positions = planner.AddArray<int32_t>(tokens);
@@ -108,6 +113,8 @@ void ComputeStagingLayout(int tokens, int seqs, int block_stride, size_t logit_r
     l->group_kv_lens[g] = planner.AddArray<int32_t>(seqs);
     l->group_scatter_rows[g] = planner.AddArray<int32_t>(seqs);
   }
+  l->sample_params = planner.AddArray<kernels::SamplingParams>(sample_rows);
+  l->sample_steps = planner.AddArray<uint64_t>(sample_rows);
   l->total = planner.total();
 }
 
@@ -118,7 +125,20 @@ void CopyTo(char* base, size_t offset, const std::vector<T>& values) {
 
 // Stage profiling: events recorded at stage boundaries; the time between two marks belongs to the
 // stage of the first.
-enum class Stage : int { kRest = 0, kEstimate, kTopK, kAttention, kCount };
+enum class Stage : int {
+  kRest = 0,
+  kEstimate,
+  kTopK,
+  kAttention,
+  kGemm,
+  kNorm,
+  kPrep,
+  kActivation,
+  kAllReduce,
+  kHead,
+  kSampling,
+  kCount
+};
 
 class StageProfiler {
  public:
@@ -166,6 +186,13 @@ class StageProfiler {
     t.estimate_ms = totals[static_cast<int>(Stage::kEstimate)];
     t.topk_ms = totals[static_cast<int>(Stage::kTopK)];
     t.attention_ms = totals[static_cast<int>(Stage::kAttention)];
+    t.gemm_ms = totals[static_cast<int>(Stage::kGemm)];
+    t.norm_ms = totals[static_cast<int>(Stage::kNorm)];
+    t.prep_ms = totals[static_cast<int>(Stage::kPrep)];
+    t.activation_ms = totals[static_cast<int>(Stage::kActivation)];
+    t.allreduce_ms = totals[static_cast<int>(Stage::kAllReduce)];
+    t.head_ms = totals[static_cast<int>(Stage::kHead)] + totals[static_cast<int>(Stage::kRest)];
+    t.sampling_ms = totals[static_cast<int>(Stage::kSampling)];
     t.total_ms = total;
     return t;
   }
@@ -260,6 +287,8 @@ struct StagedArrays {
   const int32_t* last_rows = nullptr;
   const int32_t* logit_rows = nullptr;
   std::vector<const int32_t*> group_kv_lens, group_scatter_rows;
+  const kernels::SamplingParams* sample_params = nullptr;
+  const uint64_t* sample_steps = nullptr;
 };
 
 }  // namespace
@@ -299,6 +328,12 @@ struct CudaModelRunner::Rank {
   size_t sparse_workspace_bytes = 0;
   void* topk_workspace = nullptr;
   size_t topk_workspace_bytes = 0;
+  // On-device sampling (rank 0): drawn tokens per sampled row, the kernel's workspace, and (when
+  // the vocabulary is padded) the logits rows compacted to the vocabulary's width.
+  int32_t* sampled = nullptr;
+  void* sample_workspace = nullptr;
+  size_t sample_workspace_bytes = 0;
+  float* sample_logits = nullptr;
 
   DeviceMemory kv_memory;
   std::vector<bf16*> k_cache, v_cache, quest_metadata;
@@ -351,6 +386,8 @@ struct CudaModelRunner::Impl {
   StagingLayout max_layout;  // the largest step's (sizes the staging buffers)
   PinnedMemory host_staging;
   PinnedMemory host_logits;  // [C, vocab] fp32
+  PinnedMemory host_tokens;  // drawn tokens, one per sampled row
+  int sample_capacity = 0;   // rows of the sampling arrays (padded logits rows of the largest step)
   float* out_logits = nullptr;
   bool use_graphs = false;
   bool profiling = false;
@@ -454,10 +491,12 @@ absl::Status CudaModelRunner::Init(const WeightsFrom& weights) {
                     "or 128, at most 8 per group); such sequences attend densely (counted as dense fallbacks)";
   }
   kv_layout_ = kernels::PagedKvLayout{0, c.num_kv_heads, page, d};
-  // The largest step's staged arrays (every size at its capacity).
-  ComputeStagingLayout(I.max_tokens, I.max_seqs, CeilDiv(I.max_kv_len, page),
-                       static_cast<size_t>(CeilDiv(I.max_tokens, I.logits_chunk)) * I.logits_chunk, I.max_seqs,
-                       &I.max_layout);
+  // The largest step's staged arrays (every size at its capacity). Sampling arrays hold a row per
+  // computed logits row of a mixed step, or per sequence of a decode step (fewer: C ≥ S).
+  const size_t max_logit_rows = static_cast<size_t>(CeilDiv(I.max_tokens, I.logits_chunk)) * I.logits_chunk;
+  I.sample_capacity = o.device_sampling ? static_cast<int>(max_logit_rows) : 0;
+  ComputeStagingLayout(I.max_tokens, I.max_seqs, CeilDiv(I.max_kv_len, page), max_logit_rows, I.max_seqs,
+                       I.sample_capacity, &I.max_layout);
 
   ranks_.resize(tp);
   for (int r = 0; r < tp; ++r) {
@@ -487,6 +526,7 @@ absl::Status CudaModelRunner::Init(const WeightsFrom& weights) {
   limits.vocab_size = c.vocab_size;
   limits.num_layers = c.num_layers;
   limits.logits_chunk_rows = I.logits_chunk;
+  limits.sample_tokens = o.device_sampling;
   cuda_engine::StepAttentionOptions attention;
   attention.per_sequence_policies = o.per_sequence_policies;
   attention.default_config = o.default_sparse;
@@ -501,6 +541,10 @@ absl::Status CudaModelRunner::Init(const WeightsFrom& weights) {
   ASSIGN_OR_RETURN(I.host_staging, PinnedMemory::Allocate(I.max_layout.total, "the step staging"));
   ASSIGN_OR_RETURN(I.host_logits,
                    PinnedMemory::Allocate(size_t(I.logits_chunk) * c.vocab_size * sizeof(float), "the logits staging"));
+  if (o.device_sampling) {
+    ASSIGN_OR_RETURN(I.host_tokens,
+                     PinnedMemory::Allocate(size_t(I.sample_capacity) * sizeof(int32_t), "the sampled tokens"));
+  }
   if (tp > 1) {
     I.threads = std::make_unique<RankThreads>(tp, [this](int r) -> absl::Status {
       // The current device is per thread; set it on every step (cheap) rather than relying on the
@@ -512,7 +556,9 @@ absl::Status CudaModelRunner::Init(const WeightsFrom& weights) {
   LOG(INFO) << "CUDA runner: " << c.architecture << ", " << tp << " GPU(s), " << kv_layout_.num_blocks
             << " KV blocks of " << page << " tokens, max " << I.max_seqs << " sequences / " << I.max_tokens
             << " tokens per step, max_seq_len " << max_seq_len << ", decode attention "
-            << (I.fast_decode ? "tuned" : "generic") << ", CUDA graphs " << (o.cuda_graphs ? "on" : "off");
+            << (I.fast_decode ? "tuned" : "generic") << ", CUDA graphs " << (o.cuda_graphs ? "on" : "off")
+            << ", sampling on the " << (o.device_sampling ? "device" : "host") << ", fused decode kernels "
+            << (o.fuse_decode_kernels ? "on" : "off");
   return absl::OkStatus();
 }
 
@@ -582,6 +628,12 @@ absl::Status CudaModelRunner::InitRank(Rank& R, const WeightsFrom& from) {
   const size_t act_at = planner.AddArray<bf16>(T * s.intermediate_padded);
   const size_t head_in_at = R.index == 0 ? planner.AddArray<bf16>(C * H) : 0;
   const size_t logits_at = R.index == 0 ? planner.AddArray<float>(C * s.vocab_padded) : 0;
+  const bool samples = R.index == 0 && options_.device_sampling;
+  const size_t sampled_at = samples ? planner.AddArray<int32_t>(I.sample_capacity) : 0;
+  R.sample_workspace_bytes = samples ? kc::SamplingWorkspaceBytes(static_cast<int>(C), c.vocab_size) : 0;
+  const size_t sample_ws_at = samples ? planner.Add(R.sample_workspace_bytes) : 0;
+  const bool compact_logits = samples && s.vocab_padded != c.vocab_size;
+  const size_t sample_logits_at = compact_logits ? planner.AddArray<float>(C * c.vocab_size) : 0;
   const size_t decode_ws_at = planner.Add(R.decode_workspace_bytes);
   size_t scores_at = 0, page_scores_at = 0, pages_at = 0, selected_at = 0, indices_at = 0, counts_at = 0;
   size_t score_ws_at = 0, sparse_ws_at = 0, topk_ws_at = 0;
@@ -627,6 +679,11 @@ absl::Status CudaModelRunner::InitRank(Rank& R, const WeightsFrom& from) {
     return bytes > 0 ? static_cast<void*>(m.at<char>(offset)) : nullptr;
   };
   R.decode_workspace = bytes_at(decode_ws_at, R.decode_workspace_bytes);
+  if (samples) {
+    R.sampled = m.at<int32_t>(sampled_at);
+    R.sample_workspace = bytes_at(sample_ws_at, R.sample_workspace_bytes);
+    if (compact_logits) R.sample_logits = m.at<float>(sample_logits_at);
+  }
   if (I.sparse_buffers) {
     R.scores = m.at<float>(scores_at);
     R.page_scores = m.at<float>(page_scores_at);
@@ -658,8 +715,8 @@ absl::Status CudaModelRunner::InitRank(Rank& R, const WeightsFrom& from) {
     }
   }
   if (R.index == 0) {
-    const int marks_per_layer = 8 + 6 * kMaxGraphGroups;
-    RETURN_IF_ERROR(R.profiler.Init(c.num_layers * marks_per_layer + 8));
+    const int marks_per_layer = 16 + 6 * kMaxGraphGroups;
+    RETURN_IF_ERROR(R.profiler.Init(c.num_layers * marks_per_layer + 32));
   }
   RETURN_IF_CUDA_ERROR(cudaDeviceSynchronize());
   return absl::OkStatus();
@@ -739,12 +796,18 @@ absl::Status CudaModelRunner::Forward(const ForwardBatch& batch, ForwardOutput* 
   const int vocab = config_.vocab_size;
   output->vocab_size = vocab;
   output->row_offsets.assign(p.row_offsets.begin(), p.row_offsets.end());
-  output->logits.resize(static_cast<size_t>(p.num_logit_rows) * vocab);
+  output->logits.resize(static_cast<size_t>(p.num_output_rows) * vocab);
+  if (options_.device_sampling) {
+    output->sampled_tokens.assign(p.num_seqs, -1);
+  } else {
+    output->sampled_tokens.clear();
+  }
   last_step_used_graph_ = false;
   if (p.num_seqs == 0) return absl::OkStatus();
 
   // Stage the step's arrays once in pinned memory; every rank uploads them.
-  ComputeStagingLayout(p.tokens_padded, p.seqs_padded, p.block_stride, p.logit_rows.size(), p.num_groups, &I.layout);
+  ComputeStagingLayout(p.tokens_padded, p.seqs_padded, p.block_stride, p.logit_rows.size(), p.num_groups,
+                       p.sample_params.size(), &I.layout);
   char* host = I.host_staging.at<char>(0);
   CopyTo(host, I.layout.token_ids, p.token_ids);
   CopyTo(host, I.layout.positions, p.positions);
@@ -759,6 +822,8 @@ absl::Status CudaModelRunner::Forward(const ForwardBatch& batch, ForwardOutput* 
     CopyTo(host, I.layout.group_kv_lens[g], p.groups[g].kv_lens);
     CopyTo(host, I.layout.group_scatter_rows[g], p.groups[g].scatter_rows);
   }
+  CopyTo(host, I.layout.sample_params, p.sample_params);
+  CopyTo(host, I.layout.sample_steps, p.sample_steps);
   I.out_logits = output->logits.data();
   I.profiling = stage_profiling_;
   I.use_graphs = options_.cuda_graphs && !stage_profiling_ && p.decode_only && p.num_groups <= kMaxGraphGroups;
@@ -786,6 +851,12 @@ absl::Status CudaModelRunner::Forward(const ForwardBatch& batch, ForwardOutput* 
     }
   }
   RETURN_IF_ERROR(status);
+  if (p.num_sampled > 0) {
+    const int32_t* drawn = I.host_tokens.at<int32_t>(0);
+    for (int b = 0; b < p.num_seqs; ++b) {
+      if (p.sample_row[b] >= 0) output->sampled_tokens[b] = drawn[p.sample_row[b]];
+    }
+  }
 
   // Counters, as the CPU stage counts them: one per (decode step, layer).
   for (int b = 0; b < p.num_seqs; ++b) {
@@ -829,6 +900,8 @@ absl::Status CudaModelRunner::RunRankStep(int r) {
     a.group_kv_lens.push_back(R.staging.at<int32_t>(layout.group_kv_lens[g]));
     a.group_scatter_rows.push_back(R.staging.at<int32_t>(layout.group_scatter_rows[g]));
   }
+  a.sample_params = R.staging.at<kernels::SamplingParams>(layout.sample_params);
+  a.sample_steps = R.staging.at<uint64_t>(layout.sample_steps);
 
   bool replayed = false;
   if (I.use_graphs) {
@@ -874,14 +947,26 @@ absl::Status CudaModelRunner::RunRankStep(int r) {
 
   if (r == 0) {
     if (p.decode_only) {
+      // Outside the graph: the graph key says nothing about sampling. Row b is sequence b.
+      if (p.num_sampled > 0) {
+        if (profile) R.profiler.Mark(Stage::kSampling);
+        RETURN_IF_ERROR(EnqueueSampling(R, R.logits, 0, p.num_seqs));
+      }
       RETURN_IF_CUDA_ERROR(cudaEventRecord(R.step_end, stream));
       if (profile) R.profiler.End();
-      RETURN_IF_CUDA_ERROR(cudaMemcpy2DAsync(I.host_logits.get(), vocab * sizeof(float), R.logits,
-                                             I.shape.vocab_padded * sizeof(float), vocab * sizeof(float), p.num_seqs,
+      // Only what the engine asked for comes back: no logits rows when it only wants tokens.
+      if (p.num_output_rows > 0) {
+        RETURN_IF_CUDA_ERROR(cudaMemcpy2DAsync(I.host_logits.get(), vocab * sizeof(float), R.logits,
+                                               I.shape.vocab_padded * sizeof(float), vocab * sizeof(float),
+                                               p.num_seqs, cudaMemcpyDeviceToHost, stream));
+      }
+      if (p.num_sampled > 0) {
+        RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(I.host_tokens.get(), R.sampled, p.num_seqs * sizeof(int32_t),
                                              cudaMemcpyDeviceToHost, stream));
+      }
       RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream));
       const float* rows = I.host_logits.at<float>(0);
-      for (int out_row = 0; out_row < p.num_logit_rows; ++out_row) {
+      for (int out_row = 0; out_row < p.num_output_rows; ++out_row) {
         std::memcpy(I.out_logits + static_cast<size_t>(out_row) * vocab,
                     rows + static_cast<size_t>(p.decode_logit_source[out_row]) * vocab, vocab * sizeof(float));
       }
@@ -919,32 +1004,59 @@ absl::Status CudaModelRunner::EnqueueLayers(Rank& R) {
   const int T = p.tokens_padded;
   const int H = s.hidden;
   const int ip = s.intermediate_padded;
+  StageProfiler* prof = I.profiling && R.index == 0 ? &R.profiler : nullptr;
+  auto mark = [prof](Stage stage) {
+    if (prof != nullptr) prof->Mark(stage);
+  };
+  // Decode steps fold their keys into the Quest bounds inside the fused kernel (one token per
+  // sequence); mixed steps keep the order-independent recompute (EnqueueAttention).
+  const bool fused = options_.fuse_decode_kernels;
 
+  mark(Stage::kHead);
   RETURN_IF_CUDA_ERROR(kc::Embedding(a.token_ids, T, w.embed_tokens(), H, R.hidden, stream));
   // Layer 0's fused add then starts from residual = embedding.
   RETURN_IF_CUDA_ERROR(cudaMemsetAsync(R.residual, 0, size_t(T) * H * sizeof(float), stream));
   for (int l = 0; l < I.num_layers; ++l) {
     const CudaLayerWeights& lw = w.layer(l);
+    mark(Stage::kNorm);
     RETURN_IF_CUDA_ERROR(kc::FusedAddRmsNorm(R.hidden, R.residual, lw.input_norm, T, H, I.eps, stream));
+    mark(Stage::kGemm);
     RETURN_IF_ERROR(R.gemm->Run(R.hidden, lw.qkv_proj, lw.qkv_bias, T, s.qkv_size, H, R.qkv, stream));
-    RETURN_IF_CUDA_ERROR(cuda_engine::SplitQkv(R.qkv, T, s.q_size, s.kv_size, R.q, R.k, R.v, stream));
-    if (config_.qk_norm) {
-      RETURN_IF_CUDA_ERROR(kc::QkNormRope(R.q, R.k, lw.q_norm, lw.k_norm, I.eps, a.positions, T, s.num_q_heads,
-                                          s.num_kv_heads, s.head_dim, R.inv_freq, stream));
+    mark(Stage::kPrep);
+    if (fused) {
+      bf16* bounds = p.decode_only && p.quest_update ? R.quest_metadata[l] : nullptr;
+      RETURN_IF_CUDA_ERROR(cuda_engine::QkvPrepareAndAppend(
+          R.qkv, T, s.num_q_heads, s.num_kv_heads, s.head_dim, config_.qk_norm ? lw.q_norm : nullptr,
+          config_.qk_norm ? lw.k_norm : nullptr, I.eps, a.positions, R.inv_freq, a.slots, R.layout, R.q,
+          R.k_cache[l], R.v_cache[l], bounds, stream));
     } else {
-      RETURN_IF_CUDA_ERROR(
-          kc::Rope(R.q, R.k, a.positions, T, s.num_q_heads, s.num_kv_heads, s.head_dim, R.inv_freq, stream));
+      RETURN_IF_CUDA_ERROR(cuda_engine::SplitQkv(R.qkv, T, s.q_size, s.kv_size, R.q, R.k, R.v, stream));
+      if (config_.qk_norm) {
+        RETURN_IF_CUDA_ERROR(kc::QkNormRope(R.q, R.k, lw.q_norm, lw.k_norm, I.eps, a.positions, T, s.num_q_heads,
+                                            s.num_kv_heads, s.head_dim, R.inv_freq, stream));
+      } else {
+        RETURN_IF_CUDA_ERROR(
+            kc::Rope(R.q, R.k, a.positions, T, s.num_q_heads, s.num_kv_heads, s.head_dim, R.inv_freq, stream));
+      }
+      RETURN_IF_CUDA_ERROR(kc::PagedKvAppend(R.k, R.v, T, a.slots, R.layout, R.k_cache[l], R.v_cache[l], stream));
     }
-    RETURN_IF_CUDA_ERROR(kc::PagedKvAppend(R.k, R.v, T, a.slots, R.layout, R.k_cache[l], R.v_cache[l], stream));
     RETURN_IF_ERROR(EnqueueAttention(R, l));
+    mark(Stage::kGemm);
     RETURN_IF_ERROR(R.gemm->Run(R.attn, lw.o_proj, lw.o_bias, T, H, s.q_size, R.hidden, stream));
+    mark(Stage::kAllReduce);
     RETURN_IF_ERROR(AllReduceHidden(R));
+    mark(Stage::kNorm);
     RETURN_IF_CUDA_ERROR(kc::FusedAddRmsNorm(R.hidden, R.residual, lw.post_attention_norm, T, H, I.eps, stream));
+    mark(Stage::kGemm);
     RETURN_IF_ERROR(R.gemm->Run(R.hidden, lw.gate_up_proj, nullptr, T, 2 * ip, H, R.gate_up, stream));
+    mark(Stage::kActivation);
     RETURN_IF_CUDA_ERROR(kc::SiluAndMul(R.gate_up, T, ip, R.act, stream));
+    mark(Stage::kGemm);
     RETURN_IF_ERROR(R.gemm->Run(R.act, lw.down_proj, nullptr, T, H, ip, R.hidden, stream));
+    mark(Stage::kAllReduce);
     RETURN_IF_ERROR(AllReduceHidden(R));
   }
+  mark(Stage::kHead);
   if (R.index != 0) return absl::OkStatus();
   // Final norm over every row (cheap), so that the logits rows only need gathering.
   RETURN_IF_CUDA_ERROR(kc::FusedAddRmsNorm(R.hidden, R.residual, w.final_norm(), T, H, I.eps, stream));
@@ -965,7 +1077,8 @@ absl::Status CudaModelRunner::EnqueueAttention(Rank& R, int l) {
   const bf16* k_cache = R.k_cache[l];
   const bf16* v_cache = R.v_cache[l];
 
-  if (p.quest_update) {
+  // With the fused kernels, decode steps already folded their keys into the bounds.
+  if (p.quest_update && !(options_.fuse_decode_kernels && p.decode_only)) {
     if (prof != nullptr) prof->Mark(Stage::kEstimate);
     RETURN_IF_CUDA_ERROR(kc::QuestUpdateMetadata(k_cache, R.layout, a.slots, p.tokens_padded, R.quest_metadata[l],
                                                  R.quest_workspace.get(), R.quest_workspace.size(), stream));
@@ -1050,10 +1163,19 @@ absl::Status CudaModelRunner::EnqueueSparseGroup(Rank& R, int l, int g, const bf
     if (prof != nullptr) prof->Mark(Stage::kTopK);
     RETURN_IF_CUDA_ERROR(kc::TopK(R.page_scores, n * hkv, max_pages, nullptr, max_pages, group.quest_pages, R.pages,
                                   nullptr, R.topk_workspace, R.topk_workspace_bytes, stream));
-    RETURN_IF_CUDA_ERROR(kc::QuestExpandPages(R.pages, n, hkv, group.quest_pages, kv_lens, page, R.selected, stream));
+    if (options_.fuse_decode_kernels) {
+      RETURN_IF_CUDA_ERROR(cuda_engine::QuestBuildSparseIndices(R.pages, n, hkv, group.quest_pages, page, kv_lens,
+                                                                group.sinks, group.recent, R.indices,
+                                                                group.max_indices, R.counts, stream));
+    } else {
+      RETURN_IF_CUDA_ERROR(
+          kc::QuestExpandPages(R.pages, n, hkv, group.quest_pages, kv_lens, page, R.selected, stream));
+    }
   }
-  RETURN_IF_CUDA_ERROR(kc::BuildSparseIndices(R.selected, n, hkv, group.num_selected, kv_lens, group.sinks,
-                                              group.recent, R.indices, group.max_indices, R.counts, stream));
+  if (group.key.policy == SparsePolicy::kOracle || !options_.fuse_decode_kernels) {
+    RETURN_IF_CUDA_ERROR(kc::BuildSparseIndices(R.selected, n, hkv, group.num_selected, kv_lens, group.sinks,
+                                                group.recent, R.indices, group.max_indices, R.counts, stream));
+  }
   if (prof != nullptr) prof->Mark(Stage::kAttention);
   bf16* out = p.pure_sparse ? R.attn : R.sparse_out;
   RETURN_IF_CUDA_ERROR(kc::SparseAttention(q_sub, n, s.num_q_heads, R.indices, R.counts, group.max_indices,
@@ -1072,26 +1194,212 @@ absl::Status CudaModelRunner::EnqueueChunkedLogits(Rank& R) {
   const cudaStream_t stream = R.stream;
   const int vocab = config_.vocab_size;
   const int chunk = I.logits_chunk;
+  StageProfiler* prof = I.profiling ? &R.profiler : nullptr;
   if (p.num_logit_rows == 0) RETURN_IF_CUDA_ERROR(cudaEventRecord(R.step_end, stream));
   for (int first = 0; first < p.num_logit_rows; first += chunk) {
     const int rows = std::min(chunk, p.num_logit_rows - first);
     const int m = cuda_engine::BatchBucket(rows);
+    if (prof != nullptr) prof->Mark(Stage::kHead);
     RETURN_IF_CUDA_ERROR(
         cuda_engine::GatherRows(R.hidden, R.staged.logit_rows + first, m, s.hidden, R.head_in, stream));
     RETURN_IF_ERROR(R.logits_gemm->Run(R.head_in, R.weights->lm_head(), m, s.vocab_padded, s.hidden, R.logits, stream));
+    // Computed rows are returned rows first (in output order), then rows only sampled.
+    int returned = 0;
+    while (returned < rows && p.logit_row_output[first + returned] >= 0) ++returned;
+    bool sampled = false;
+    for (int b = 0; b < p.num_seqs && !sampled; ++b) {
+      sampled = p.sample_row[b] >= first && p.sample_row[b] < first + rows;
+    }
+    if (sampled) {
+      if (prof != nullptr) prof->Mark(Stage::kSampling);
+      RETURN_IF_ERROR(EnqueueSampling(R, R.logits, first, rows));
+    }
     if (first + rows == p.num_logit_rows) RETURN_IF_CUDA_ERROR(cudaEventRecord(R.step_end, stream));
-    RETURN_IF_CUDA_ERROR(cudaMemcpy2DAsync(I.host_logits.get(), vocab * sizeof(float), R.logits,
-                                           s.vocab_padded * sizeof(float), vocab * sizeof(float), rows,
-                                           cudaMemcpyDeviceToHost, stream));
-    RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream));
-    std::memcpy(I.out_logits + static_cast<size_t>(first) * vocab, I.host_logits.get(),
-                static_cast<size_t>(rows) * vocab * sizeof(float));
+    if (returned > 0) {
+      RETURN_IF_CUDA_ERROR(cudaMemcpy2DAsync(I.host_logits.get(), vocab * sizeof(float), R.logits,
+                                             s.vocab_padded * sizeof(float), vocab * sizeof(float), returned,
+                                             cudaMemcpyDeviceToHost, stream));
+      RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream));
+      std::memcpy(I.out_logits + static_cast<size_t>(p.logit_row_output[first]) * vocab, I.host_logits.get(),
+                  static_cast<size_t>(returned) * vocab * sizeof(float));
+    }
+  }
+  if (p.num_sampled > 0) {
+    RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(I.host_tokens.get(), R.sampled, p.num_logit_rows * sizeof(int32_t),
+                                         cudaMemcpyDeviceToHost, stream));
   }
   RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream));
   return absl::OkStatus();
 }
 
+absl::Status CudaModelRunner::EnqueueSampling(Rank& R, const float* logits, int first, int rows) {
+  Impl& I = *impl_;
+  const int vocab = config_.vocab_size;
+  const int padded = I.shape.vocab_padded;
+  if (R.sampled == nullptr || first < 0 || rows <= 0 || first + rows > I.sample_capacity || rows > I.logits_chunk) {
+    return absl::InternalError(absl::StrCat("on-device sampling of rows [", first, ", ", first + rows,
+                                            ") outside the sampling buffers (", I.sample_capacity, " rows)"));
+  }
+  const float* rows_at = logits;
+  if (padded != vocab) {
+    // The sampler reads rows of exactly `vocab` floats: drop the zero-weight padding columns.
+    RETURN_IF_CUDA_ERROR(cudaMemcpy2DAsync(R.sample_logits, vocab * sizeof(float), logits, padded * sizeof(float),
+                                           vocab * sizeof(float), rows, cudaMemcpyDeviceToDevice, R.stream));
+    rows_at = R.sample_logits;
+  }
+  RETURN_IF_CUDA_ERROR(kc::Sample(rows_at, rows, vocab, R.staged.sample_params + first, R.staged.sample_steps + first,
+                                  R.sample_workspace, R.sample_workspace_bytes, R.sampled + first, R.stream));
+  return absl::OkStatus();
+}
+
 void CudaModelRunner::ReleaseSequence(int64_t sequence_id) { counters_.erase(sequence_id); }
+
+absl::Status CudaModelRunner::ClearGraphs() {
+  for (auto& rank : ranks_) {
+    RETURN_IF_CUDA_ERROR(cudaSetDevice(rank->device));
+    RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(rank->stream));
+    for (auto& [key, exec] : rank->graphs) RETURN_IF_CUDA_ERROR(cudaGraphExecDestroy(exec));
+    rank->graphs.clear();
+    rank->seen_keys.clear();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaModelRunner::set_fuse_decode_kernels(bool enabled) {
+  if (enabled == options_.fuse_decode_kernels) return absl::OkStatus();
+  RETURN_IF_ERROR(ClearGraphs());
+  options_.fuse_decode_kernels = enabled;
+  return absl::OkStatus();
+}
+
+absl::Status CudaModelRunner::Warmup() {
+  if (broken_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the CUDA runner stopped after a failed tensor-parallel step: ", broken_status_.message()));
+  }
+  const auto start = std::chrono::steady_clock::now();
+  Impl& I = *impl_;
+  const int page = options_.page_size;
+  warmup_ = CudaWarmupReport{};
+  const int graphs_before = num_cached_graphs();
+
+  // Every sequence of a warm-up step uses block 0 for all its pages: the steps need no free
+  // blocks, and what they write is wiped below.
+  const std::vector<int32_t> table(CeilDiv(I.max_kv_len, page), 0);
+  const std::vector<int32_t> decode_token = {0};
+  const std::vector<int32_t> prefill_tokens = {0, 0};
+  kernels::SamplingParams sampling;  // non-greedy, so that the whole sampler is loaded
+  sampling.temperature = 0.7f;
+  sampling.top_p = 0.9f;
+  SparsePolicyConfig dense;
+  dense.policy = SparsePolicy::kDense;
+  const SparsePolicyConfig& fallback = options_.default_sparse;
+  // (A quest default with another page size is refused per request; it has no graphs to warm.)
+  const bool default_sparse =
+      options_.per_sequence_policies &&
+      ((fallback.policy == SparsePolicy::kQuest && I.quest_supported && fallback.quest_page_size == page) ||
+       (fallback.policy == SparsePolicy::kOracle && I.oracle_supported));
+  const int64_t threshold = options_.dense_below_threshold ? fallback.SparseFromContext() : 0;
+
+  ForwardOutput output;
+  auto run = [&](const ForwardBatch& batch) -> absl::Status {
+    RETURN_IF_ERROR(Forward(batch, &output));
+    ++warmup_.steps;
+    return absl::OkStatus();
+  };
+  auto sequence = [&](int64_t id, int kv_len, const SparsePolicyConfig* policy) {
+    ForwardSequence fs;
+    fs.sequence_id = -1 - id;  // not an id the engine hands out; counters are reset anyway
+    fs.tokens = decode_token;
+    fs.start_position = kv_len - 1;
+    fs.block_table = table;
+    fs.logits = LogitsWanted::kNone;
+    fs.sparse = policy;
+    if (options_.device_sampling) fs.sampling = &sampling;
+    return fs;
+  };
+
+  // A mixed step: the prefill kernels and the chunked LM head get loaded.
+  {
+    ForwardBatch batch;
+    ForwardSequence fs = sequence(0, 2, &dense);
+    fs.tokens = prefill_tokens;
+    fs.start_position = 0;
+    fs.logits = LogitsWanted::kLast;
+    batch.sequences.push_back(fs);
+    RETURN_IF_ERROR(Annotate(run(batch), "warm-up prefill step"));
+  }
+
+  std::vector<int> classes;
+  for (int len = 1;;) {
+    const int cls = cuda_engine::KvClass(len, I.max_kv_len);
+    classes.push_back(cls);
+    if (cls >= I.max_kv_len) break;
+    len = cls + 1;
+  }
+  // Decode shapes. Sequence 0 sets the KV class; the others are as short as the variant allows.
+  // Variants: dense; the default group with members only ("pure"); the default group with a
+  // non-member (every group sequence short of the threshold, or sequence 0 a member and the rest
+  // not). The two runs of a key: the first runs eagerly (lazy initialisation), the second
+  // captures; a key already captured replays at once.
+  bool cache_full = false;
+  for (int bucket = 1; bucket <= I.max_seqs && !cache_full; bucket *= 2) {
+    for (int cls : classes) {
+      if (cache_full) break;
+      // Without graphs there is nothing to capture: one shape loads the decode kernels.
+      if (!options_.cuda_graphs && (bucket > 1 || cls != classes.front())) continue;
+      std::vector<std::vector<ForwardSequence>> variants;
+      {
+        std::vector<ForwardSequence> v;
+        for (int b = 0; b < bucket; ++b) v.push_back(sequence(b, b == 0 ? cls : 1, &dense));
+        variants.push_back(std::move(v));
+      }
+      if (default_sparse) {
+        if (cls > threshold) {
+          std::vector<ForwardSequence> v;
+          const int member_len = static_cast<int>(std::min<int64_t>(threshold + 1, cls));
+          for (int b = 0; b < bucket; ++b) v.push_back(sequence(b, b == 0 ? cls : member_len, &fallback));
+          variants.push_back(std::move(v));
+        }
+        if (bucket > 1 || cls <= threshold) {
+          std::vector<ForwardSequence> v;
+          for (int b = 0; b < bucket; ++b) v.push_back(sequence(b, b == 0 ? cls : 1, &fallback));
+          variants.push_back(std::move(v));
+        }
+      }
+      for (const std::vector<ForwardSequence>& v : variants) {
+        if (cache_full) break;
+        ForwardBatch batch;
+        batch.sequences = v;
+        for (int attempt = 0; attempt < 2; ++attempt) {
+          RETURN_IF_ERROR(Annotate(run(batch), absl::StrCat("warm-up decode step (batch ", bucket, ", KV class ", cls,
+                                                            ")")));
+          if (!options_.cuda_graphs || last_step_used_graph_) break;
+        }
+        if (options_.cuda_graphs && !last_step_used_graph_) cache_full = true;
+      }
+    }
+  }
+  if (cache_full) {
+    LOG(WARNING) << "CUDA runner warm-up: the graph cache (max_cached_graphs " << options_.max_cached_graphs
+                 << ") is full; later decode shapes are captured on their second step or run eagerly";
+  }
+
+  // Forget the warm-up: zeroed KV storage and Quest bounds, no policy counters.
+  for (auto& rank : ranks_) {
+    RETURN_IF_CUDA_ERROR(cudaSetDevice(rank->device));
+    RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(rank->stream));
+    RETURN_IF_CUDA_ERROR(cudaMemset(rank->kv_memory.get(), 0, rank->kv_memory.size()));
+    rank->seen_keys.clear();
+  }
+  counters_.clear();
+  totals_ = SparseAttentionCounters{};
+  warmup_.graphs_captured = num_cached_graphs() - graphs_before;
+  warmup_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  LOG(INFO) << "CUDA runner warm-up: " << warmup_.steps << " steps, " << warmup_.graphs_captured
+            << " decode graphs captured (" << num_cached_graphs() << " cached) in " << warmup_.seconds << " s";
+  return absl::OkStatus();
+}
 
 SparseAttentionCounters CudaModelRunner::SequenceSparseCounters(int64_t sequence_id) const {
   auto it = counters_.find(sequence_id);

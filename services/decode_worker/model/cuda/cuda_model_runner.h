@@ -45,7 +45,16 @@ struct CudaModelRunnerOptions {
   bool dense_below_threshold = true;
   // Allocate the per-page min/max key bounds quest needs (1/8 of the K cache at page size 16).
   bool quest_metadata = true;
-  int max_cached_graphs = 64;
+  // Room for Warmup()'s graphs: (batch buckets) × (KV classes) × (dense, the default sparse
+  // policy's two shapes), e.g. 7 × 9 × 3 = 189 for 64 sequences of up to 32K tokens.
+  int max_cached_graphs = 256;
+  // Draw the tokens ForwardSequence::sampling asks for on the device (kernels::cuda::Sample), so
+  // the engine copies no logits rows for them. false: the engine samples on the host.
+  bool device_sampling = true;
+  // Fewer, fused launches on the decode path: the q|k|v split, q/k norm, RoPE and KV append (and
+  // on decode steps the Quest page bounds) in one kernel; Quest page expansion and index lists in
+  // one kernel. false: the separate kernels of kernels/ (the first implementation).
+  bool fuse_decode_kernels = true;
 };
 
 // Per-stage device time of the last step run in stage-profiling mode (eager, events around the
@@ -54,7 +63,21 @@ struct CudaStageTimes {
   double estimate_ms = 0;   // Quest metadata update + page scores, or oracle key scores
   double topk_ms = 0;       // top-k, page expansion, index lists
   double attention_ms = 0;  // dense and sparse attention, scatter of sparse rows
+  double gemm_ms = 0;       // the four projections of every layer (not the LM head)
+  double norm_ms = 0;       // (fused add +) RMSNorm before attention and before the MLP
+  double prep_ms = 0;       // q|k|v split, q/k norm + RoPE, KV append (+ Quest bounds when fused)
+  double activation_ms = 0; // SiluAndMul
+  double allreduce_ms = 0;  // tensor-parallel all-reduces
+  double head_ms = 0;       // embedding, final norm, LM head
+  double sampling_ms = 0;   // on-device sampling
   double total_ms = 0;      // the whole device step
+};
+
+// What Warmup() did.
+struct CudaWarmupReport {
+  int steps = 0;            // forwards run
+  int graphs_captured = 0;  // new graphs (all ranks)
+  double seconds = 0.0;
 };
 
 // One sequence of the synthetic KV fill: its block table and how many positions to fill.
@@ -80,6 +103,15 @@ class CudaModelRunner : public ModelRunner {
   void ReleaseSequence(int64_t sequence_id) override;
   SparseAttentionCounters SequenceSparseCounters(int64_t sequence_id) const override;
   SparseAttentionCounters TotalSparseCounters() const override { return totals_; }
+  bool samples_tokens() const override { return options_.device_sampling; }
+  // Captures the decode graph of every batch bucket (1, 2, 4, … up to max_batch_size) and KV-length
+  // class (up to max_seq_len) for dense attention and, when the default policy is quest or oracle,
+  // for its group with and without non-members; runs one prefill step so that the eager kernels
+  // are loaded too. Its steps write into KV block 0, so the whole cache (and the Quest bounds) is
+  // zeroed afterwards and the policy counters reset: call it before the first sequence. Without
+  // CUDA graphs it only runs those steps once (module loading, cuBLASLt).
+  absl::Status Warmup() override;
+  const CudaWarmupReport& last_warmup() const { return warmup_; }
 
   // Fills the KV cache of each sequence's first num_tokens positions (every layer, every rank)
   // with random bf16 keys and values (uniform ±[0.05, 1], never zero) and their Quest bounds, so
@@ -92,6 +124,10 @@ class CudaModelRunner : public ModelRunner {
                         float* out) const;
 
   void set_cuda_graphs(bool enabled) { options_.cuda_graphs = enabled; }
+  // Switches the fused decode kernels (CudaModelRunnerOptions::fuse_decode_kernels); drops the
+  // captured graphs, which hold the other kernels.
+  absl::Status set_fuse_decode_kernels(bool enabled);
+  bool fuse_decode_kernels() const { return options_.fuse_decode_kernels; }
   bool cuda_graphs() const { return options_.cuda_graphs; }
   // Stage profiling runs every step eagerly with events around the stages (slower; for the
   // benchmark's breakdown). last_stage_times() is valid after a profiled step.
@@ -131,6 +167,10 @@ class CudaModelRunner : public ModelRunner {
   absl::Status EnqueueAttention(Rank& rank, int layer);
   absl::Status EnqueueSparseGroup(Rank& rank, int layer, int group, const __nv_bfloat16* q_sub);
   absl::Status EnqueueChunkedLogits(Rank& rank);
+  // Draws `rows` tokens from `logits` (rows of vocab_padded floats) with the staged sampling
+  // arrays from row `first` on, into the rank's token buffer from `first` on.
+  absl::Status EnqueueSampling(Rank& rank, const float* logits, int first, int rows);
+  absl::Status ClearGraphs();
   absl::Status AllReduceHidden(Rank& rank);
 
   std::unique_ptr<Impl> impl_;
@@ -140,6 +180,7 @@ class CudaModelRunner : public ModelRunner {
   std::vector<std::unique_ptr<Rank>> ranks_;
   bool stage_profiling_ = false;
   CudaStageTimes stage_times_;
+  CudaWarmupReport warmup_;
   double last_step_device_ms_ = 0.0;
   bool last_step_used_graph_ = false;
   bool broken_ = false;

@@ -1,9 +1,13 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cub/block/block_scan.cuh>
 
 #include "kernels/bf16_utils.cuh"
+#include "kernels/rope_detail.cuh"
+#include "kernels/sparse_indices_detail.cuh"
 #include "services/decode_worker/model/cuda/runner_kernels.h"
 
 namespace asyncspade::cuda_engine {
@@ -343,6 +347,164 @@ cudaError_t FillRandomKvBlocks(__nv_bfloat16* k_cache, __nv_bfloat16* v_cache, c
   FillRandomKvKernel<<<grid, kThreads, 0, stream>>>(k_cache, v_cache, blocks, layout.page_size, layout.head_dim,
                                                     layout.block_stride(), layout.head_stride(), seed, layer,
                                                     kv_head_offset, scale);
+  return cudaGetLastError();
+}
+
+namespace {
+
+// --- q|k|v epilogue: norm, RoPE, KV append, Quest bounds -----------------------------------------
+
+constexpr int kPrepThreads = 128;
+constexpr int kPrepMaxHalf = detail::kRopeMaxHalf;
+
+// Folds the bf16 key element `value` (column c of a page's key rows) into the page's bounds
+// [2][d]: min at c, max at d + c. min/max of bf16 values are bf16 values: the stores are exact.
+__device__ __forceinline__ void FoldIntoBounds(__nv_bfloat16* bounds, int d, int c, __nv_bfloat16 value, bool reset) {
+  if (reset) {
+    bounds[c] = value;
+    bounds[d + c] = value;
+    return;
+  }
+  const float v = __bfloat162float(value);
+  bounds[c] = __float2bfloat16_rn(fminf(__bfloat162float(bounds[c]), v));
+  bounds[d + c] = __float2bfloat16_rn(fmaxf(__bfloat162float(bounds[d + c]), v));
+}
+
+// Grid (token, group of kPrepThreads / 32 heads); one warp per head of q | k | v, q heads first.
+// The norm and rotation are kernels/rope.cu's (the same device function, kernels/rope_detail.cuh),
+// with the outputs going to q, the K cache and the V cache instead of in place.
+template <bool kNorm>
+__global__ void __launch_bounds__(kPrepThreads)
+    QkvPrepareKernel(const __nv_bfloat16* __restrict__ qkv, int num_q_heads, int num_kv_heads, int head_dim,
+                     const __nv_bfloat16* __restrict__ q_norm_weight, const __nv_bfloat16* __restrict__ k_norm_weight,
+                     float eps, const int32_t* __restrict__ positions, const float* __restrict__ inv_freq,
+                     const int64_t* __restrict__ slots, kernels::PagedKvLayout layout, __nv_bfloat16* __restrict__ q,
+                     __nv_bfloat16* __restrict__ k_cache, __nv_bfloat16* __restrict__ v_cache,
+                     __nv_bfloat16* __restrict__ quest_bounds) {
+  __shared__ float cos_table[kPrepMaxHalf];
+  __shared__ float sin_table[kPrepMaxHalf];
+  const int64_t token = blockIdx.x;
+  const int half = head_dim / 2;
+  detail::BuildRopeTable(static_cast<float>(positions[token]), inv_freq, half, cos_table,
+                                        sin_table);
+  __syncthreads();
+
+  const int64_t slot = slots[token];
+  const bool has_slot = slot >= 0 && slot < int64_t{layout.num_blocks} * layout.page_size;
+  const int block = has_slot ? static_cast<int>(slot / layout.page_size) : 0;
+  const int offset = has_slot ? static_cast<int>(slot % layout.page_size) : 0;
+  const int lane = threadIdx.x & 31;
+  const int num_warps = blockDim.x >> 5;
+  const int total_heads = num_q_heads + 2 * num_kv_heads;
+  const __nv_bfloat16* row = qkv + token * total_heads * head_dim;
+  for (int head = blockIdx.y * num_warps + (threadIdx.x >> 5); head < total_heads;
+       head += num_warps * gridDim.y) {
+    const __nv_bfloat16* x = row + int64_t{head} * head_dim;
+    if (head >= num_q_heads + num_kv_heads) {
+      if (!has_slot) continue;
+      const int h = head - num_q_heads - num_kv_heads;
+      __nv_bfloat16* dst = v_cache + ((int64_t{block} * num_kv_heads + h) * layout.page_size + offset) * head_dim;
+      for (int i = lane; i < head_dim; i += 32) dst[i] = x[i];
+      continue;
+    }
+    const bool is_q = head < num_q_heads;
+    if (!is_q && !has_slot) continue;
+    __nv_bfloat16* dst;
+    __nv_bfloat16* bounds = nullptr;
+    if (is_q) {
+      dst = q + (token * num_q_heads + head) * head_dim;
+    } else {
+      const int h = head - num_q_heads;
+      dst = k_cache + ((int64_t{block} * num_kv_heads + h) * layout.page_size + offset) * head_dim;
+      if (quest_bounds != nullptr) bounds = quest_bounds + (int64_t{block} * num_kv_heads + h) * 2 * head_dim;
+    }
+    detail::NormRopeHead<kNorm>(
+        x, head_dim, is_q ? q_norm_weight : k_norm_weight, eps, cos_table, sin_table, lane,
+        [&](int i, __nv_bfloat16 first, __nv_bfloat16 second) {
+          dst[i] = first;
+          dst[i + half] = second;
+          if (bounds != nullptr) {
+            FoldIntoBounds(bounds, head_dim, i, first, offset == 0);
+            FoldIntoBounds(bounds, head_dim, i + half, second, offset == 0);
+          }
+        });
+  }
+}
+
+// --- Quest page expansion fused with the index-list builder ------------------------------------
+
+constexpr int kBuildThreads = 256;
+
+// kernels/sparse_attention.cu's BuildSparseIndicesKernel (the same WriteSparseIndexList) with
+// `selected[i]` computed as kernels/quest.cu's QuestExpandKernel would have stored it.
+__global__ void __launch_bounds__(kBuildThreads)
+    QuestBuildIndicesKernel(const int32_t* __restrict__ pages, int num_kv_heads, int pages_per_row, int page_size,
+                            const int32_t* __restrict__ kv_lens, int sinks, int recent, int32_t* __restrict__ indices,
+                            int max_indices, int32_t* __restrict__ counts) {
+  __shared__ cub::BlockScan<int, kBuildThreads>::TempStorage scan;
+  const int64_t row = blockIdx.x;
+  const int expand_len = kv_lens[row / num_kv_heads];  // the expansion's bound, as given
+  const int32_t* row_pages = pages + row * pages_per_row;
+  detail::WriteSparseIndexList<kBuildThreads>(
+      [&](int i) -> int32_t {
+        const int32_t p = row_pages[i / page_size];
+        const int64_t position = int64_t{p} * page_size + i % page_size;
+        return p >= 0 && position < expand_len ? static_cast<int32_t>(position) : -1;
+      },
+      pages_per_row * page_size, max(expand_len, 0), sinks, recent, indices + row * max_indices, max_indices,
+      counts + row, scan);
+}
+
+}  // namespace
+
+cudaError_t QkvPrepareAndAppend(const __nv_bfloat16* qkv, int num_tokens, int num_q_heads, int num_kv_heads,
+                                int head_dim, const __nv_bfloat16* q_norm_weight,
+                                const __nv_bfloat16* k_norm_weight, float eps, const int32_t* positions,
+                                const float* inv_freq, const int64_t* slots, const kernels::PagedKvLayout& layout,
+                                __nv_bfloat16* q, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache,
+                                __nv_bfloat16* quest_bounds, cudaStream_t stream) {
+  if (num_tokens < 0 || num_q_heads <= 0 || num_kv_heads <= 0 || head_dim <= 0 || head_dim % 2 != 0 ||
+      head_dim / 2 > kPrepMaxHalf || layout.num_kv_heads != num_kv_heads || layout.head_dim != head_dim ||
+      layout.page_size <= 0) {
+    return cudaErrorInvalidValue;
+  }
+  if ((q_norm_weight == nullptr) != (k_norm_weight == nullptr)) return cudaErrorInvalidValue;
+  if (num_tokens == 0) return cudaSuccess;
+  if (qkv == nullptr || positions == nullptr || inv_freq == nullptr || slots == nullptr || q == nullptr ||
+      k_cache == nullptr || v_cache == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  const int heads = num_q_heads + 2 * num_kv_heads;
+  const int warps = kPrepThreads / 32;
+  const dim3 grid(num_tokens, std::min((heads + warps - 1) / warps, 65535));
+  if (q_norm_weight != nullptr) {
+    QkvPrepareKernel<true><<<grid, kPrepThreads, 0, stream>>>(qkv, num_q_heads, num_kv_heads, head_dim, q_norm_weight,
+                                                             k_norm_weight, eps, positions, inv_freq, slots, layout, q,
+                                                             k_cache, v_cache, quest_bounds);
+  } else {
+    QkvPrepareKernel<false><<<grid, kPrepThreads, 0, stream>>>(qkv, num_q_heads, num_kv_heads, head_dim, nullptr,
+                                                              nullptr, 0.0f, positions, inv_freq, slots, layout, q,
+                                                              k_cache, v_cache, quest_bounds);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t QuestBuildSparseIndices(const int32_t* pages, int num_seqs, int num_kv_heads, int pages_per_row,
+                                    int page_size, const int32_t* kv_lens, int sinks, int recent, int32_t* indices,
+                                    int max_indices, int32_t* counts, cudaStream_t stream) {
+  if (num_seqs < 0 || num_kv_heads <= 0 || pages_per_row < 0 || page_size <= 0 || max_indices < 0) {
+    return cudaErrorInvalidValue;
+  }
+  if (num_seqs == 0) return cudaSuccess;
+  if ((pages == nullptr && pages_per_row > 0) || kv_lens == nullptr || indices == nullptr || counts == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  // As kernels::cuda::BuildSparseIndices requires: room for every list.
+  if (int64_t{max_indices} < int64_t{std::max(sinks, 0)} + int64_t{pages_per_row} * page_size + std::max(recent, 0)) {
+    return cudaErrorInvalidValue;
+  }
+  QuestBuildIndicesKernel<<<num_seqs * num_kv_heads, kBuildThreads, 0, stream>>>(
+      pages, num_kv_heads, pages_per_row, page_size, kv_lens, sinks, recent, indices, max_indices, counts);
   return cudaGetLastError();
 }
 

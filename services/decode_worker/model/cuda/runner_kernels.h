@@ -30,6 +30,34 @@ cudaError_t FillUniformBf16(__nv_bfloat16* dst, int64_t rows, int64_t cols, int6
 cudaError_t SplitQkv(const __nv_bfloat16* qkv, int num_tokens, int q_cols, int kv_cols, __nv_bfloat16* q,
                      __nv_bfloat16* k, __nv_bfloat16* v, cudaStream_t stream);
 
+// The epilogue of the q|k|v projection in one launch, for the decode steps' small batches where
+// each launch costs more than its work: qkv [num_tokens, (Hq + 2·Hkv)·d] (q | k | v heads) →
+//  - q [num_tokens, Hq·d]: per-head RMSNorm with q_norm_weight (Qwen3; skipped when null), RoPE;
+//  - k: the same with k_norm_weight, written as bf16 straight into k_cache at slots[t];
+//  - v: copied into v_cache at slots[t].
+// Arithmetic as SplitQkv + QkNormRope (or Rope) + PagedKvAppend, whose results it reproduces up
+// to the compiler's contraction of the same fp32 expressions. Tokens with slot < 0 only produce q.
+// `quest_bounds` (null: none) are the layer's per-page min/max key bounds ([blocks][Hkv][2][d]),
+// updated incrementally: the key at page offset 0 resets its page's bounds, any other widens them.
+// That equals kernels::cuda::QuestUpdateMetadata's recompute when the bounds of offsets before it
+// are current, which holds on decode steps (one token per sequence, pages filled in order, every
+// earlier token folded in by an earlier call); no two tokens of a call may share a page. head_dim
+// even and ≤ 512.
+cudaError_t QkvPrepareAndAppend(const __nv_bfloat16* qkv, int num_tokens, int num_q_heads, int num_kv_heads,
+                                int head_dim, const __nv_bfloat16* q_norm_weight,
+                                const __nv_bfloat16* k_norm_weight, float eps, const int32_t* positions,
+                                const float* inv_freq, const int64_t* slots, const kernels::PagedKvLayout& layout,
+                                __nv_bfloat16* q, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache,
+                                __nv_bfloat16* quest_bounds, cudaStream_t stream);
+
+// kernels::cuda::QuestExpandPages followed by kernels::cuda::BuildSparseIndices in one launch
+// (the expanded token list is never stored): row (b, h) of `pages` [num_seqs·Hkv, pages_per_row]
+// expands to the positions of those pages below kv_lens[b], which become the `selected` input of
+// the index-list builder (sinks ++ selected in order ++ recent window). Same lists and counts.
+cudaError_t QuestBuildSparseIndices(const int32_t* pages, int num_seqs, int num_kv_heads, int pages_per_row,
+                                    int page_size, const int32_t* kv_lens, int sinks, int recent, int32_t* indices,
+                                    int max_indices, int32_t* counts, cudaStream_t stream);
+
 // dst[r, :] = src[rows[r], :] for r < num_rows, or zeros where rows[r] < 0. Both [*, cols] dense,
 // cols a multiple of 8, 16-byte aligned.
 cudaError_t GatherRows(const __nv_bfloat16* src, const int32_t* rows, int num_rows, int cols, __nv_bfloat16* dst,

@@ -70,8 +70,12 @@ void StepPlanner::Reserve(StepPlan* p) const {
   p->last_rows.reserve(seqs);
   p->block_tables.reserve(seqs * CeilDiv(lim.max_kv_len, lim.page_size));
   p->logit_rows.reserve(static_cast<size_t>(CeilDiv(lim.max_tokens, lim.logits_chunk_rows)) * lim.logits_chunk_rows);
+  p->logit_row_output.reserve(tokens);
   p->row_offsets.reserve(seqs + 1);
   p->decode_logit_source.reserve(seqs);
+  p->sample_row.reserve(seqs);
+  p->sample_params.reserve(std::max(tokens, seqs));
+  p->sample_steps.reserve(std::max(tokens, seqs));
   p->attention.reserve(seqs);
   p->groups.resize(seqs);
   for (SparseGroupPlan& group : p->groups) {
@@ -87,6 +91,15 @@ absl::Status StepPlanner::Build(const ForwardBatch& batch, StepPlan* p) const {
   p->num_groups = 0;
   p->row_offsets.assign(1, 0);
   p->attention.clear();
+  p->num_output_rows = 0;
+  p->num_logit_rows = 0;
+  p->num_sampled = 0;
+  p->logit_rows.clear();
+  p->logit_row_output.clear();
+  p->decode_logit_source.clear();
+  p->sample_row.clear();
+  p->sample_params.clear();
+  p->sample_steps.clear();
   if (num_seqs == 0) {
     p->num_tokens = p->tokens_padded = p->seqs_padded = 0;
     return absl::OkStatus();
@@ -186,24 +199,53 @@ absl::Status StepPlanner::Build(const ForwardBatch& batch, StepPlan* p) const {
   // Padded sequences of a decode step own one padded token each and no keys.
   for (int b = num_seqs; b < seqs; ++b) p->q_indptr[b + 1] = p->q_indptr[b] + 1;
 
-  // Logits rows.
-  p->num_logit_rows = 0;
-  p->logit_rows.clear();
+  // Logits rows: returned ones, then (mixed steps) the last rows of sequences that are only
+  // sampled. A returned kLast / kAll range always ends at the sequence's last row, which is then
+  // also the row its token is drawn from.
   row = 0;
+  p->sample_row.assign(num_seqs, -1);
   for (int b = 0; b < num_seqs; ++b) {
     const ForwardSequence& s = batch.sequences[b];
     const int n = static_cast<int>(s.tokens.size());
     const int rows = s.logits == LogitsWanted::kAll ? n : s.logits == LogitsWanted::kLast ? 1 : 0;
     for (int i = n - rows; i < n; ++i) {
+      p->logit_row_output.push_back(static_cast<int32_t>(p->logit_rows.size()));
       p->logit_rows.push_back(row + i);
       if (p->decode_only) p->decode_logit_source.push_back(row + i);
     }
+    if (lim.sample_tokens && s.sampling != nullptr && rows > 0) {
+      p->sample_row[b] = p->decode_only ? b : static_cast<int32_t>(p->logit_rows.size()) - 1;
+    }
     p->row_offsets.push_back(p->row_offsets.back() + rows);
+    row += n;
+  }
+  p->num_output_rows = static_cast<int>(p->logit_rows.size());
+  row = 0;
+  for (int b = 0; b < num_seqs; ++b) {
+    const ForwardSequence& s = batch.sequences[b];
+    const int n = static_cast<int>(s.tokens.size());
+    if (lim.sample_tokens && s.sampling != nullptr && p->sample_row[b] < 0) {
+      p->sample_row[b] = p->decode_only ? b : static_cast<int32_t>(p->logit_rows.size());
+      p->logit_row_output.push_back(-1);
+      p->logit_rows.push_back(row + n - 1);
+    }
     row += n;
   }
   p->num_logit_rows = static_cast<int>(p->logit_rows.size());
   const int chunk = lim.logits_chunk_rows;
   p->logit_rows.resize(static_cast<size_t>(CeilDiv(std::max(p->num_logit_rows, 1), chunk)) * chunk, -1);
+  if (lim.sample_tokens) {
+    const int sample_rows = p->decode_only ? num_seqs : p->num_logit_rows;
+    p->sample_params.assign(sample_rows, kernels::SamplingParams{});  // greedy: cheap, and ignored
+    p->sample_steps.assign(sample_rows, 0);
+    for (int b = 0; b < num_seqs; ++b) {
+      const int r = p->sample_row[b];
+      if (r < 0) continue;
+      p->sample_params[r] = *batch.sequences[b].sampling;
+      p->sample_steps[r] = batch.sequences[b].rng_step;
+      ++p->num_sampled;
+    }
+  }
 
   // Attention policy of each sequence.
   p->attention.assign(num_seqs, SequenceAttention::kDense);

@@ -22,6 +22,7 @@
 
 #include "absl/status/status.h"
 #include "common/config/sparse_policy_config.h"
+#include "kernels/sampling.h"
 #include "services/decode_worker/model/attention_stage.h"
 #include "services/decode_worker/model/model_runner.h"
 
@@ -46,6 +47,8 @@ struct StepLimits {
   int vocab_size = 0;
   int num_layers = 0;
   int logits_chunk_rows = 0;  // rows of one LM-head pass (≥ max_seqs)
+  // The runner draws the tokens ForwardSequence::sampling asks for (else the field is ignored).
+  bool sample_tokens = false;
 };
 
 // How the runner attends.
@@ -111,13 +114,27 @@ struct StepPlan {
   std::vector<int32_t> kv_lens_dense;  // [seqs_padded]: kv_lens with 0 for sparse members
   std::vector<int32_t> block_tables;   // [seqs_padded, block_stride]
   std::vector<int32_t> last_rows;      // [seqs_padded]: each sequence's last token row (−1 padding)
-  // Mixed steps: the token rows that produce logits, in output order, padded with −1 to a multiple
-  // of logits_chunk_rows. Decode steps compute logits for every row and use `row_offsets` only.
+  // The token rows whose logits are computed: those returned (in output order) and, for
+  // sequences that are sampled without returning logits, their last row, in sequence order;
+  // padded with −1 to a multiple of logits_chunk_rows. Mixed steps compute exactly these; decode
+  // steps compute every row anyway.
   std::vector<int32_t> logit_rows;
   int num_logit_rows = 0;
+  // Mixed steps: [num_logit_rows], the output row of each computed row, −1 for a row computed only
+  // to be sampled.
+  std::vector<int32_t> logit_row_output;
+  int num_output_rows = 0;           // rows returned in ForwardOutput
   std::vector<int32_t> row_offsets;  // ForwardOutput::row_offsets, [num_seqs + 1]
   // Decode steps: the device logits row of each output row.
   std::vector<int32_t> decode_logit_source;
+
+  // Sampling on the device (StepLimits::sample_tokens). Parameters and counters per sampled row:
+  // decode steps [num_seqs] (row b = sequence b), mixed steps [num_logit_rows] (the computed
+  // rows); rows nobody samples are greedy and their tokens ignored.
+  int num_sampled = 0;
+  std::vector<int32_t> sample_row;  // [num_seqs]: the sequence's row in those arrays, −1 for none
+  std::vector<kernels::SamplingParams> sample_params;
+  std::vector<uint64_t> sample_steps;
 
   std::vector<SparseGroupPlan> groups;  // the first num_groups are this step's
   int num_groups = 0;
