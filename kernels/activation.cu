@@ -14,6 +14,7 @@ __device__ __forceinline__ float Silu(float g) { return g / (1.0f + expf(-g)); }
 template <bool kVectorized>
 __global__ void SiluAndMulKernel(const __nv_bfloat16* __restrict__ gate_up, int inter,
                                  __nv_bfloat16* __restrict__ out) {
+  detail::LetDependentGridsLaunch();  // a decode GEMM after this kernel may start (gemm.h)
   const int64_t row = blockIdx.x;
   const __nv_bfloat16* gate = gate_up + row * 2 * inter;
   const __nv_bfloat16* up = gate + inter;

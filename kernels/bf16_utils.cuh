@@ -37,6 +37,24 @@ __device__ __forceinline__ uint4 PackBf16x8(const float (&in)[8]) {
   return packed;
 }
 
+// Programmatic dependent launch (sm_90+; no-ops below). A kernel that feeds a decode GEMM calls
+// LetDependentGridsLaunch() first thing: the GEMM launched after it with the programmatic attribute
+// (kernels/gemm_gemv.cu) may then start early and stream its weights while this kernel runs. That
+// GEMM calls WaitForPrecedingGrid() before it reads anything the preceding kernel writes: it
+// returns once that kernel has completed and its writes are visible. Both are harmless in kernels
+// launched the ordinary way.
+__device__ __forceinline__ void LetDependentGridsLaunch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void WaitForPrecedingGrid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float RoundToBf16(float x) {
   return __bfloat162float(__float2bfloat16_rn(x));
 }

@@ -11,8 +11,14 @@
 // each warp load reads 512 contiguous bytes of one row. A round is kU = 4 / R pieces per row and
 // lane (4 loads per lane); the next round's loads are issued before the current round is
 // multiplied. x's slice (m rows × the split's pieces) is copied to shared memory once per CTA
-// (cp.async, overlapped with the first round of w loads); lane l reads x pieces 32·i + l, which
+// (cp.async) after the first round of w loads is in flight; lane l reads x pieces 32·i + l, which
 // are consecutive 16-byte words across the warp (conflict-free).
+//
+// Programmatic dependent launch (sm_90, SetGemvProgrammaticLaunch): the kernel is launched so that
+// its CTAs may start while the kernel before it (a norm, the attention, SiLU·mul: they call
+// LetDependentGridsLaunch) still runs. Each CTA issues its first round of w loads, then waits
+// (griddepcontrol.wait) until that kernel has finished, then reads x. The launch latency and the
+// first DRAM round trip overlap the small kernel before it.
 //
 // Rows past n are clamped to row n − 1 (read, never stored), so the hot loop has no row guards.
 #include <algorithm>
@@ -118,17 +124,6 @@ __global__ void __launch_bounds__(kMaxThreads, (MinCtasPerSm<kM, kR>())) GemvKer
   const int cta_row0 = blockIdx.x * cta_rows;
   const int warp_row0 = cta_row0 + warp * kR;
 
-  // x's slice, piece c of row i at x_slice[i * slice + c].
-  for (int idx = threadIdx.x; idx < kM * slice; idx += blockDim.x) {
-    const int i = idx / slice;
-    const int c = idx - i * slice;
-    detail::CpAsync16CacheAll(&x_slice[idx],
-                              p.x + static_cast<int64_t>(i) * p.k +
-                                  static_cast<int64_t>(piece_begin + c) * kPieceElems,
-                              true);
-  }
-  detail::CpAsyncCommit();
-
   // This lane's first piece of each of its rows (lane offset folded in).
   const uint4* w_lane[kR];
 #pragma unroll
@@ -146,6 +141,10 @@ __global__ void __launch_bounds__(kMaxThreads, (MinCtasPerSm<kM, kR>())) GemvKer
     for (int i = 0; i < kM; ++i) acc[r][i] = 0.0f;
   }
 
+  // w depends on nothing earlier in the stream: its first round goes to registers before this CTA
+  // waits for the kernel that writes x (programmatic launch: that kernel may still be running; an
+  // ordinary launch: the wait returns at once). (L2 prefetches of the next rounds here measured
+  // slower: they queue ahead of x's loads.)
   const int steps = slice / 32;  // steps in which every lane has a piece
   const int rounds = steps / kU;
   uint4 current[kR][kU];
@@ -156,6 +155,18 @@ __global__ void __launch_bounds__(kMaxThreads, (MinCtasPerSm<kM, kR>())) GemvKer
       for (int u = 0; u < kU; ++u) current[r][u] = LoadStreaming(w_lane[r] + u * 32);
     }
   }
+  detail::WaitForPrecedingGrid();
+
+  // x's slice, piece c of row i at x_slice[i * slice + c].
+  for (int idx = threadIdx.x; idx < kM * slice; idx += blockDim.x) {
+    const int i = idx / slice;
+    const int c = idx - i * slice;
+    detail::CpAsync16CacheAll(&x_slice[idx],
+                              p.x + static_cast<int64_t>(i) * p.k +
+                                  static_cast<int64_t>(piece_begin + c) * kPieceElems,
+                              true);
+  }
+  detail::CpAsyncCommit();
   detail::CpAsyncWait<0>();
   __syncthreads();  // x's slice has landed
 
@@ -269,17 +280,22 @@ cudaError_t Dispatch(int m, int rows_per_warp, F&& f) {
 struct DeviceLimits {
   int num_sms = 0;
   int max_smem_optin = 0;
+  int cc_major = 0;
 };
+
+std::atomic<bool> g_programmatic_launch{true};
 
 cudaError_t CurrentDeviceLimits(DeviceLimits* limits) {
   static std::atomic<int> cached_sms[64] = {};
   static std::atomic<int> cached_smem[64] = {};
+  static std::atomic<int> cached_major[64] = {};
   int device = 0;
   if (cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
   if (device >= 0 && device < 64) {
     limits->num_sms = cached_sms[device].load(std::memory_order_relaxed);
     limits->max_smem_optin = cached_smem[device].load(std::memory_order_relaxed);
-    if (limits->num_sms > 0 && limits->max_smem_optin > 0) return cudaSuccess;
+    limits->cc_major = cached_major[device].load(std::memory_order_relaxed);
+    if (limits->num_sms > 0 && limits->max_smem_optin > 0 && limits->cc_major > 0) return cudaSuccess;
   }
   if (cudaError_t e =
           cudaDeviceGetAttribute(&limits->num_sms, cudaDevAttrMultiProcessorCount, device);
@@ -291,9 +307,14 @@ cudaError_t CurrentDeviceLimits(DeviceLimits* limits) {
       e != cudaSuccess) {
     return e;
   }
+  if (cudaError_t e = cudaDeviceGetAttribute(&limits->cc_major, cudaDevAttrComputeCapabilityMajor, device);
+      e != cudaSuccess) {
+    return e;
+  }
   if (device >= 0 && device < 64) {
     cached_sms[device].store(limits->num_sms, std::memory_order_relaxed);
     cached_smem[device].store(limits->max_smem_optin, std::memory_order_relaxed);
+    cached_major[device].store(limits->cc_major, std::memory_order_relaxed);
   }
   return cudaSuccess;
 }
@@ -364,6 +385,10 @@ bool Fits(const GemvConfig& config, int m, int n, int k, size_t max_workspace_by
 }
 
 }  // namespace
+
+void SetGemvProgrammaticLaunch(bool enabled) { g_programmatic_launch.store(enabled, std::memory_order_relaxed); }
+
+bool GemvProgrammaticLaunch() { return g_programmatic_launch.load(std::memory_order_relaxed); }
 
 bool GemvSupports(int m, int n, int k) {
   return m >= 1 && m <= kGemvMaxM && n >= 1 && k >= kPieceElems && k % kPieceElems == 0;
@@ -464,6 +489,7 @@ cudaError_t Gemv(const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bflo
         reinterpret_cast<float*>(static_cast<char*>(workspace) + CounterBytes(config, n));
   }
   const dim3 grid(static_cast<unsigned int>(row_blocks), static_cast<unsigned int>(config.k_splits));
+  const bool programmatic = limits.cc_major >= 9 && g_programmatic_launch.load(std::memory_order_relaxed);
   const dim3 block(32 * config.warps_per_cta);
   return Dispatch(m, config.rows_per_warp, [&](auto m_constant, auto r_constant) -> cudaError_t {
     constexpr int kM = decltype(m_constant)::value;
@@ -471,6 +497,19 @@ cudaError_t Gemv(const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bflo
     if (cudaError_t e = EnsureSharedMemory<kM, kR>(smem_bytes, limits.max_smem_optin);
         e != cudaSuccess) {
       return e;
+    }
+    if (programmatic) {
+      cudaLaunchConfig_t launch = {};
+      launch.gridDim = grid;
+      launch.blockDim = block;
+      launch.dynamicSmemBytes = smem_bytes;
+      launch.stream = stream;
+      cudaLaunchAttribute attribute = {};
+      attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attribute.val.programmaticStreamSerializationAllowed = 1;
+      launch.attrs = &attribute;
+      launch.numAttrs = 1;
+      return cudaLaunchKernelEx(&launch, GemvKernel<kM, kR>, params);
     }
     GemvKernel<kM, kR><<<grid, block, smem_bytes, stream>>>(params);
     return cudaGetLastError();

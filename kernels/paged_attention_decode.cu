@@ -200,6 +200,7 @@ __device__ __forceinline__ void MergeWarpsAndStore(const float* merge,
 template <int kHeadDim, int kGroup>
 __global__ void __launch_bounds__(kThreads)
     DecodeAttentionKernel(const DecodeParams p) {
+  detail::LetDependentGridsLaunch();  // a decode GEMM after this kernel may start (gemm.h)
   using T = DecodeTraits<kHeadDim, kGroup>;
   using Reduce = ReduceScatter<T::kScores, T::kLanesPerKey>;
   constexpr int kHeld = Reduce::kOut;
@@ -428,6 +429,7 @@ struct DecodeTcTraits {
 template <int kHeadDim>
 __global__ void __launch_bounds__(kThreads)
     DecodeAttentionTensorCoreKernel(const DecodeParams p, int group) {
+  detail::LetDependentGridsLaunch();  // a decode GEMM after this kernel may start (gemm.h)
   using T = DecodeTcTraits<kHeadDim>;
   constexpr int kDimTilesN8 = kHeadDim / 8;
   constexpr int kDimStepsK16 = kHeadDim / 16;
@@ -616,6 +618,7 @@ template <int kHeadDim>
 __global__ void CombineSplitsKernel(const float* __restrict__ partial_out,
                                     const float* __restrict__ partial_lse, int num_rows,
                                     int num_splits, __nv_bfloat16* __restrict__ out) {
+  detail::LetDependentGridsLaunch();  // a decode GEMM after this kernel may start (gemm.h)
   constexpr int kDimsPerLane = kHeadDim / 32;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (row >= num_rows) return;

@@ -69,6 +69,7 @@ template <int kThreadsPerRow, int kWidth, typename Residual>
 __global__ void RmsNormKernel(const __nv_bfloat16* x_in, Residual* residual,
                               const __nv_bfloat16* __restrict__ weight, int rows, int dim,
                               float eps, __nv_bfloat16* out) {
+  detail::LetDependentGridsLaunch();  // a decode GEMM after this kernel may start (gemm.h)
   __shared__ float scratch[32];
   constexpr bool kWarpPerRow = kThreadsPerRow == 32;
   const int rows_per_cta = kWarpPerRow ? blockDim.x / 32 : 1;

@@ -19,6 +19,7 @@
 #include <tuple>
 #include <vector>
 
+#include "kernels/activation.h"
 #include "tests/gpu/model_kernels_gpu_util.h"
 
 namespace asyncspade::kernels {
@@ -341,6 +342,50 @@ INSTANTIATE_TEST_SUITE_P(
                         std::to_string(c.config.warps_per_cta) + "_s" +
                         std::to_string(c.config.k_splits));
     });
+
+// The decode pattern SiLU·mul → down projection with the GEMV launched programmatically: its CTAs
+// start while SiluAndMul (which lets dependents in at its start) still writes x, so a GEMV that read
+// x before its griddepcontrol.wait would see the NaNs x holds before. SiluAndMul runs over 4096
+// rows with x its last m, so it is still running when the GEMV's CTAs arrive.
+TEST(GemvProgrammaticLaunchGpuTest, WaitsForTheKernelThatWritesX) {
+  SKIP_WITHOUT_CUDA_DEVICE();
+  ASSERT_TRUE(cuda::GemvProgrammaticLaunch()) << "on by default";
+  constexpr size_t kRows = 4096;
+  constexpr int kInter = 4096, kN = 4096;
+  std::mt19937 rng(4242);
+  for (const size_t m : {size_t{1}, size_t{8}}) {
+    std::vector<float> unused, w_values;
+    const std::vector<uint16_t> gate_up = testing::RandomBf16(kRows * 2 * kInter, rng, 2.0f, &unused);
+    const std::vector<uint16_t> w = testing::RandomBf16(size_t{kN} * kInter, rng, 0.05f, &w_values);
+    DeviceBuffer<uint16_t> d_gate_up, d_w;
+    d_gate_up.Upload(gate_up);
+    d_w.Upload(w);
+    DeviceBuffer<uint16_t> d_act(kRows * kInter);
+    DeviceBuffer<uint16_t> d_y(m * kN);
+    cuda::GemvConfig config;
+    ASSERT_CUDA_OK(cuda::PlanGemv(static_cast<int>(m), kN, kInter, size_t{64} << 20, &config));
+    const size_t workspace_bytes = cuda::GemvWorkspaceBytes(config, static_cast<int>(m), kN);
+    DeviceBuffer<char> workspace(std::max<size_t>(workspace_bytes, 16));
+    ASSERT_CUDA_OK(cudaMemset(workspace.get(), 0, std::max<size_t>(workspace_bytes, 16)));
+    const uint16_t* x = d_act.get() + (kRows - m) * kInter;
+    for (int run_index = 0; run_index < 3; ++run_index) {
+      ASSERT_CUDA_OK(cudaMemset(d_act.get(), 0xff, kRows * kInter * 2));  // NaN until written
+      ASSERT_CUDA_OK(cudaMemset(d_y.get(), 0xff, m * kN * 2));
+      ASSERT_CUDA_OK(cuda::SiluAndMul(AsBf16(d_gate_up.get()), static_cast<int>(kRows), kInter, AsBf16(d_act.get()), nullptr));
+      ASSERT_CUDA_OK(cuda::Gemv(AsBf16(x), AsBf16(d_w.get()), nullptr, static_cast<int>(m), kN, kInter, config,
+                                workspace.get(), workspace_bytes, AsBf16(d_y.get()), nullptr));
+      ASSERT_CUDA_OK(cudaDeviceSynchronize());
+      // The reference takes x as SiluAndMul left it (its own accuracy is activation_gpu_test's).
+      const std::vector<uint16_t> act = d_act.Download();
+      const std::vector<float> x_values =
+          testing::Bf16ToFloats(std::vector<uint16_t>(act.end() - m * kInter, act.end()));
+      std::vector<float> expected(m * kN);
+      cpu::Linear(x_values.data(), w_values.data(), nullptr, static_cast<int>(m), kN, kInter, expected.data());
+      EXPECT_CLOSE_BF16(testing::Bf16ToFloats(d_y.Download()), expected, 1e-2,
+                        "m " << m << ", run " << run_index);
+    }
+  }
+}
 
 TEST(GemvGpuContractTest, RejectsUnsupportedShapesConfigsAndWorkspaces) {
   SKIP_WITHOUT_CUDA_DEVICE();

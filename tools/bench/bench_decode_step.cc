@@ -19,7 +19,8 @@
 // Variant column: "fused"/"unfused" = CudaModelRunnerOptions::fuse_decode_kernels; "dev-sample" =
 // the token drawn on the device, no logits copied (what the engine now does); "host-sample" = the
 // logits row copied and sampled with kernels::cpu::Sample (the engine before), included in
-// wall_ms; both draw with temperature 0.7, top_p 0.95 (the host's full-vocabulary sort).
+// wall_ms; both draw with temperature 0.7, top_p 0.95 (the host's full-vocabulary sort);
+// ",no-pdl" = the GEMV kernel launched the ordinary way (kernels::cuda::SetGemvProgrammaticLaunch).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -39,6 +40,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/config/random_weight_presets.h"
+#include "kernels/gemm.h"
 #include "kernels/sampling.h"
 #include "nlohmann/json.hpp"
 #include "services/decode_worker/model/cuda/cuda_model_runner.h"
@@ -259,20 +261,26 @@ class Bench {
 
   // Times the decode step of the prepared sequences with `policy`.
   Row Time(const std::string& section, const SparsePolicyConfig& policy, bool graphs, bool profile_stages,
-           Output mode = Output::kLogits, bool fused = true) {
+           Output mode = Output::kLogits, bool fused = true, bool programmatic = true) {
     Row row;
     row.variant = mode == Output::kDeviceDraw ? "dev-sample"
                   : mode == Output::kHostDraw ? "host-sample"
                   : fused                     ? "fused"
                                               : "unfused";
     if (!fused) row.variant = "unfused";
+    if (!programmatic) row.variant += ",no-pdl";
     if (policy.policy == SparsePolicy::kOracle && policy.aggregation == ScoreAggregation::kSum) {
       row.variant += ",sum";
     }
-    if (const absl::Status s = runner_->set_fuse_decode_kernels(fused); !s.ok()) {
+    absl::Status switched = runner_->set_fuse_decode_kernels(fused);
+    if (switched.ok() && programmatic != kernels::cuda::GemvProgrammaticLaunch()) {
+      kernels::cuda::SetGemvProgrammaticLaunch(programmatic);
+      switched = runner_->ClearGraphs();  // the captured graphs hold the other launch mode
+    }
+    if (!switched.ok()) {
       row.feasible = false;
       row.error = true;
-      row.note = absl::StrCat("switching the fused kernels: ", s.message());
+      row.note = absl::StrCat("switching the fused kernels or the launch mode: ", switched.message());
       return row;
     }
     row.section = section;
@@ -459,6 +467,8 @@ void Qwen3_8B(const Flags& flags) {
     if (bench.Prepare(1, 1024, &why)) {
       Emit(bench.Time("step", dense, /*graphs=*/true, /*profile_stages=*/true));
       Emit(bench.Time("step", dense, /*graphs=*/true, /*profile_stages=*/true, Output::kLogits, /*fused=*/false));
+      Emit(bench.Time("step", dense, /*graphs=*/true, /*profile_stages=*/false, Output::kLogits, /*fused=*/true,
+                      /*programmatic=*/false));
       Emit(bench.Time("step", dense, /*graphs=*/false, false));
       Emit(bench.Time("step", dense, /*graphs=*/true, false, Output::kDeviceDraw));
       Emit(bench.Time("step", dense, /*graphs=*/true, false, Output::kHostDraw));

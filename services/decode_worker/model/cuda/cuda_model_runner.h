@@ -128,6 +128,9 @@ class CudaModelRunner : public ModelRunner {
   // captured graphs, which hold the other kernels.
   absl::Status set_fuse_decode_kernels(bool enabled);
   bool fuse_decode_kernels() const { return options_.fuse_decode_kernels; }
+  // Drops every captured decode graph (the next steps capture again), e.g. after a process-wide
+  // launch mode changed (kernels::cuda::SetGemvProgrammaticLaunch).
+  absl::Status ClearGraphs();
   bool cuda_graphs() const { return options_.cuda_graphs; }
   // Stage profiling runs every step eagerly with events around the stages (slower; for the
   // benchmark's breakdown). last_stage_times() is valid after a profiled step.
@@ -170,7 +173,6 @@ class CudaModelRunner : public ModelRunner {
   // Draws `rows` tokens from `logits` (rows of vocab_padded floats) with the staged sampling
   // arrays from row `first` on, into the rank's token buffer from `first` on.
   absl::Status EnqueueSampling(Rank& rank, const float* logits, int first, int rows);
-  absl::Status ClearGraphs();
   absl::Status AllReduceHidden(Rank& rank);
 
   std::unique_ptr<Impl> impl_;
