@@ -14,7 +14,8 @@ __device__ __forceinline__ float Silu(float g) { return g / (1.0f + expf(-g)); }
 template <bool kVectorized>
 __global__ void SiluAndMulKernel(const __nv_bfloat16* __restrict__ gate_up, int inter,
                                  __nv_bfloat16* __restrict__ out) {
-  detail::LetDependentGridsLaunch();  // a decode GEMM after this kernel may start (gemm.h)
+  detail::WaitForPrecedingGrid();     // launched programmatically (kernels/launch.h)
+  detail::LetDependentGridsLaunch();  // the next decode kernel may start
   const int64_t row = blockIdx.x;
   const __nv_bfloat16* gate = gate_up + row * 2 * inter;
   const __nv_bfloat16* up = gate + inter;
@@ -49,11 +50,9 @@ cudaError_t SiluAndMul(const __nv_bfloat16* gate_up, int rows, int inter, __nv_b
   const int chunks = std::min(detail::CeilDiv(per_row, kThreads), 64);
   const dim3 grid(rows, chunks);
   if (vectorized) {
-    SiluAndMulKernel<true><<<grid, kThreads, 0, stream>>>(gate_up, inter, out);
-  } else {
-    SiluAndMulKernel<false><<<grid, kThreads, 0, stream>>>(gate_up, inter, out);
+    return detail::LaunchProgrammatic(SiluAndMulKernel<true>, grid, dim3(kThreads), 0, stream, gate_up, inter, out);
   }
-  return cudaGetLastError();
+  return detail::LaunchProgrammatic(SiluAndMulKernel<false>, grid, dim3(kThreads), 0, stream, gate_up, inter, out);
 }
 
 }  // namespace asyncspade::kernels::cuda

@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "kernels/launch.h"
+
 namespace asyncspade::kernels::cuda::detail {
 
 constexpr unsigned kFullWarpMask = 0xffffffffu;
@@ -37,12 +39,11 @@ __device__ __forceinline__ uint4 PackBf16x8(const float (&in)[8]) {
   return packed;
 }
 
-// Programmatic dependent launch (sm_90+; no-ops below). A kernel that feeds a decode GEMM calls
-// LetDependentGridsLaunch() first thing: the GEMM launched after it with the programmatic attribute
-// (kernels/gemm_gemv.cu) may then start early and stream its weights while this kernel runs. That
-// GEMM calls WaitForPrecedingGrid() before it reads anything the preceding kernel writes: it
-// returns once that kernel has completed and its writes are visible. Both are harmless in kernels
-// launched the ordinary way.
+// Programmatic dependent launch (kernels/launch.h; sm_90+, no-ops below). A decode-step kernel calls
+// LetDependentGridsLaunch() first thing: the kernel launched after it with LaunchProgrammatic may
+// then start early (the GEMV streams its first weights meanwhile). That kernel calls
+// WaitForPrecedingGrid() before it touches anything earlier work writes: it returns once the kernel
+// before it has completed and its writes are visible. Both are harmless in ordinary launches.
 __device__ __forceinline__ void LetDependentGridsLaunch() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
@@ -53,6 +54,29 @@ __device__ __forceinline__ void WaitForPrecedingGrid() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
+}
+
+// Launches `kernel` with programmatic dependent launch when UseProgrammaticLaunch() (kernels/
+// launch.h), the ordinary way otherwise. The kernel must call WaitForPrecedingGrid() before it reads
+// or writes memory that earlier work in the stream touches.
+template <typename... Params, typename... Args>
+cudaError_t LaunchProgrammatic(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
+                               cudaStream_t stream, Args... args) {
+  if (!UseProgrammaticLaunch()) {
+    kernel<<<grid, block, smem_bytes, stream>>>(args...);
+    return cudaGetLastError();
+  }
+  cudaLaunchConfig_t launch = {};
+  launch.gridDim = grid;
+  launch.blockDim = block;
+  launch.dynamicSmemBytes = smem_bytes;
+  launch.stream = stream;
+  cudaLaunchAttribute attribute = {};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  launch.attrs = &attribute;
+  launch.numAttrs = 1;
+  return cudaLaunchKernelEx(&launch, kernel, static_cast<Params>(args)...);
 }
 
 __device__ __forceinline__ float RoundToBf16(float x) {

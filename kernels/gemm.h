@@ -108,15 +108,6 @@ cudaError_t Gemv(const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bflo
                  int n, int k, const GemvConfig& config, void* workspace, size_t workspace_bytes,
                  __nv_bfloat16* y, cudaStream_t stream);
 
-// Programmatic dependent launch of the GEMV kernel (sm_90 and later; ignored below): its CTAs may
-// start while the kernel before it in the stream runs, stream their first weights, and wait for
-// that kernel before they read x (see gemm_gemv.cu). The kernels that feed the decode GEMMs
-// (FusedAddRmsNorm, SiluAndMul, decode and sparse attention) let it in early. Process-wide, on by
-// default; off gives ordinary launches (asyncspade-bench-decode compares the two). Launches already
-// captured in a CUDA graph keep the mode they were captured with.
-void SetGemvProgrammaticLaunch(bool enabled);
-bool GemvProgrammaticLaunch();
-
 // The skinny kernel's configurations worth timing (PlanSkinnyGemm's choice first): 1, 2 or 4 row
 // groups per CTA × 1, 2 or 4 k splits, within the workspace.
 std::vector<SkinnyGemmConfig> SkinnyGemmCandidateConfigs(int m, int n, int k,

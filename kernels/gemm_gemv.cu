@@ -14,7 +14,7 @@
 // (cp.async) after the first round of w loads is in flight; lane l reads x pieces 32·i + l, which
 // are consecutive 16-byte words across the warp (conflict-free).
 //
-// Programmatic dependent launch (sm_90, SetGemvProgrammaticLaunch): the kernel is launched so that
+// Programmatic dependent launch (kernels/launch.h): the kernel is launched so that
 // its CTAs may start while the kernel before it (a norm, the attention, SiLU·mul: they call
 // LetDependentGridsLaunch) still runs. Each CTA issues its first round of w loads, then waits
 // (griddepcontrol.wait) until that kernel has finished, then reads x. The launch latency and the
@@ -108,6 +108,7 @@ constexpr int MinCtasPerSm() {
 template <int kM, int kR>
 __global__ void __launch_bounds__(kMaxThreads, (MinCtasPerSm<kM, kR>())) GemvKernel(const GemvParams p) {
   constexpr int kU = kLoadsPerLane / kR;  // pieces per row, lane and round
+  detail::LetDependentGridsLaunch();  // the next decode kernel may start (it waits for this one)
   // [kM][slice]: this CTA's pieces of x, then one uint4 for the split-K flag. No static shared
   // memory: the host's opt-in and limits count the dynamic bytes only.
   extern __shared__ uint4 x_slice[];
@@ -280,22 +281,18 @@ cudaError_t Dispatch(int m, int rows_per_warp, F&& f) {
 struct DeviceLimits {
   int num_sms = 0;
   int max_smem_optin = 0;
-  int cc_major = 0;
 };
 
-std::atomic<bool> g_programmatic_launch{true};
 
 cudaError_t CurrentDeviceLimits(DeviceLimits* limits) {
   static std::atomic<int> cached_sms[64] = {};
   static std::atomic<int> cached_smem[64] = {};
-  static std::atomic<int> cached_major[64] = {};
   int device = 0;
   if (cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
   if (device >= 0 && device < 64) {
     limits->num_sms = cached_sms[device].load(std::memory_order_relaxed);
     limits->max_smem_optin = cached_smem[device].load(std::memory_order_relaxed);
-    limits->cc_major = cached_major[device].load(std::memory_order_relaxed);
-    if (limits->num_sms > 0 && limits->max_smem_optin > 0 && limits->cc_major > 0) return cudaSuccess;
+    if (limits->num_sms > 0 && limits->max_smem_optin > 0) return cudaSuccess;
   }
   if (cudaError_t e =
           cudaDeviceGetAttribute(&limits->num_sms, cudaDevAttrMultiProcessorCount, device);
@@ -307,14 +304,9 @@ cudaError_t CurrentDeviceLimits(DeviceLimits* limits) {
       e != cudaSuccess) {
     return e;
   }
-  if (cudaError_t e = cudaDeviceGetAttribute(&limits->cc_major, cudaDevAttrComputeCapabilityMajor, device);
-      e != cudaSuccess) {
-    return e;
-  }
   if (device >= 0 && device < 64) {
     cached_sms[device].store(limits->num_sms, std::memory_order_relaxed);
     cached_smem[device].store(limits->max_smem_optin, std::memory_order_relaxed);
-    cached_major[device].store(limits->cc_major, std::memory_order_relaxed);
   }
   return cudaSuccess;
 }
@@ -385,10 +377,6 @@ bool Fits(const GemvConfig& config, int m, int n, int k, size_t max_workspace_by
 }
 
 }  // namespace
-
-void SetGemvProgrammaticLaunch(bool enabled) { g_programmatic_launch.store(enabled, std::memory_order_relaxed); }
-
-bool GemvProgrammaticLaunch() { return g_programmatic_launch.load(std::memory_order_relaxed); }
 
 bool GemvSupports(int m, int n, int k) {
   return m >= 1 && m <= kGemvMaxM && n >= 1 && k >= kPieceElems && k % kPieceElems == 0;
@@ -489,7 +477,6 @@ cudaError_t Gemv(const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bflo
         reinterpret_cast<float*>(static_cast<char*>(workspace) + CounterBytes(config, n));
   }
   const dim3 grid(static_cast<unsigned int>(row_blocks), static_cast<unsigned int>(config.k_splits));
-  const bool programmatic = limits.cc_major >= 9 && g_programmatic_launch.load(std::memory_order_relaxed);
   const dim3 block(32 * config.warps_per_cta);
   return Dispatch(m, config.rows_per_warp, [&](auto m_constant, auto r_constant) -> cudaError_t {
     constexpr int kM = decltype(m_constant)::value;
@@ -498,21 +485,7 @@ cudaError_t Gemv(const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bflo
         e != cudaSuccess) {
       return e;
     }
-    if (programmatic) {
-      cudaLaunchConfig_t launch = {};
-      launch.gridDim = grid;
-      launch.blockDim = block;
-      launch.dynamicSmemBytes = smem_bytes;
-      launch.stream = stream;
-      cudaLaunchAttribute attribute = {};
-      attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-      attribute.val.programmaticStreamSerializationAllowed = 1;
-      launch.attrs = &attribute;
-      launch.numAttrs = 1;
-      return cudaLaunchKernelEx(&launch, GemvKernel<kM, kR>, params);
-    }
-    GemvKernel<kM, kR><<<grid, block, smem_bytes, stream>>>(params);
-    return cudaGetLastError();
+    return detail::LaunchProgrammatic(GemvKernel<kM, kR>, grid, block, smem_bytes, stream, params);
   });
 }
 

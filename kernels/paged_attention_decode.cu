@@ -200,7 +200,8 @@ __device__ __forceinline__ void MergeWarpsAndStore(const float* merge,
 template <int kHeadDim, int kGroup>
 __global__ void __launch_bounds__(kThreads)
     DecodeAttentionKernel(const DecodeParams p) {
-  detail::LetDependentGridsLaunch();  // a decode GEMM after this kernel may start (gemm.h)
+  detail::WaitForPrecedingGrid();     // launched programmatically (kernels/launch.h)
+  detail::LetDependentGridsLaunch();  // the next decode kernel may start
   using T = DecodeTraits<kHeadDim, kGroup>;
   using Reduce = ReduceScatter<T::kScores, T::kLanesPerKey>;
   constexpr int kHeld = Reduce::kOut;
@@ -429,7 +430,8 @@ struct DecodeTcTraits {
 template <int kHeadDim>
 __global__ void __launch_bounds__(kThreads)
     DecodeAttentionTensorCoreKernel(const DecodeParams p, int group) {
-  detail::LetDependentGridsLaunch();  // a decode GEMM after this kernel may start (gemm.h)
+  detail::WaitForPrecedingGrid();     // launched programmatically (kernels/launch.h)
+  detail::LetDependentGridsLaunch();  // the next decode kernel may start
   using T = DecodeTcTraits<kHeadDim>;
   constexpr int kDimTilesN8 = kHeadDim / 8;
   constexpr int kDimStepsK16 = kHeadDim / 16;
@@ -618,7 +620,8 @@ template <int kHeadDim>
 __global__ void CombineSplitsKernel(const float* __restrict__ partial_out,
                                     const float* __restrict__ partial_lse, int num_rows,
                                     int num_splits, __nv_bfloat16* __restrict__ out) {
-  detail::LetDependentGridsLaunch();  // a decode GEMM after this kernel may start (gemm.h)
+  detail::WaitForPrecedingGrid();     // launched programmatically (kernels/launch.h)
+  detail::LetDependentGridsLaunch();  // the next decode kernel may start
   constexpr int kDimsPerLane = kHeadDim / 32;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (row >= num_rows) return;
@@ -730,9 +733,8 @@ cudaError_t LaunchDecodeKernel(const DecodeParams& params, int num_queries, int 
     auto launch = [&](auto d) -> cudaError_t {
       constexpr int kHeadDim = decltype(d)::value;
       if (cudaError_t e = ConfigureTensorCoreKernel<kHeadDim>(); e != cudaSuccess) return e;
-      DecodeAttentionTensorCoreKernel<kHeadDim>
-          <<<grid, kThreads, DecodeTcTraits<kHeadDim>::kSmemBytes, stream>>>(params, group);
-      return cudaGetLastError();
+      return detail::LaunchProgrammatic(DecodeAttentionTensorCoreKernel<kHeadDim>, grid, dim3(kThreads),
+                                        DecodeTcTraits<kHeadDim>::kSmemBytes, stream, params, group);
     };
     if (head_dim == 64) return launch(std::integral_constant<int, 64>{});
     if (head_dim == 128) return launch(std::integral_constant<int, 128>{});
@@ -742,9 +744,8 @@ cudaError_t LaunchDecodeKernel(const DecodeParams& params, int num_queries, int 
     constexpr int kHeadDim = decltype(d)::value;
     constexpr int kGroup = decltype(g)::value;
     if (cudaError_t e = ConfigureCudaCoreKernel<kHeadDim, kGroup>(); e != cudaSuccess) return e;
-    DecodeAttentionKernel<kHeadDim, kGroup>
-        <<<grid, kThreads, DecodeTraits<kHeadDim, kGroup>::kSmemBytes, stream>>>(params);
-    return cudaGetLastError();
+    return detail::LaunchProgrammatic(DecodeAttentionKernel<kHeadDim, kGroup>, grid, dim3(kThreads),
+                                      DecodeTraits<kHeadDim, kGroup>::kSmemBytes, stream, params);
   });
 }
 
@@ -858,13 +859,11 @@ cudaError_t PagedDecodeAttention(const __nv_bfloat16* q, int num_q_heads, const 
   const int num_rows = num_seqs * num_q_heads;
   const int grid = CeilDiv(num_rows, kCombineThreads / 32);
   if (d == 64) {
-    CombineSplitsKernel<64><<<grid, kCombineThreads, 0, stream>>>(
-        params.partial_out, params.partial_lse, num_rows, plan.num_splits, out);
-  } else {
-    CombineSplitsKernel<128><<<grid, kCombineThreads, 0, stream>>>(
-        params.partial_out, params.partial_lse, num_rows, plan.num_splits, out);
+    return detail::LaunchProgrammatic(CombineSplitsKernel<64>, dim3(grid), dim3(kCombineThreads), 0, stream,
+                                      params.partial_out, params.partial_lse, num_rows, plan.num_splits, out);
   }
-  return cudaGetLastError();
+  return detail::LaunchProgrammatic(CombineSplitsKernel<128>, dim3(grid), dim3(kCombineThreads), 0, stream,
+                                    params.partial_out, params.partial_lse, num_rows, plan.num_splits, out);
 }
 
 namespace detail {

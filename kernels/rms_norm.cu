@@ -69,7 +69,8 @@ template <int kThreadsPerRow, int kWidth, typename Residual>
 __global__ void RmsNormKernel(const __nv_bfloat16* x_in, Residual* residual,
                               const __nv_bfloat16* __restrict__ weight, int rows, int dim,
                               float eps, __nv_bfloat16* out) {
-  detail::LetDependentGridsLaunch();  // a decode GEMM after this kernel may start (gemm.h)
+  detail::WaitForPrecedingGrid();     // launched programmatically (kernels/launch.h)
+  detail::LetDependentGridsLaunch();  // the next decode kernel may start
   __shared__ float scratch[32];
   constexpr bool kWarpPerRow = kThreadsPerRow == 32;
   const int rows_per_cta = kWarpPerRow ? blockDim.x / 32 : 1;
@@ -137,20 +138,18 @@ cudaError_t LaunchRmsNorm(const __nv_bfloat16* x, Residual* residual, const __nv
     const int rows_per_cta = kWarpRowThreads / 32;
     const int grid = detail::CeilDiv(rows, rows_per_cta);
     if (vectorized) {
-      RmsNormKernel<32, 8, Residual>
-          <<<grid, kWarpRowThreads, 0, stream>>>(x, residual, weight, rows, dim, eps, out);
-    } else {
-      RmsNormKernel<32, 1, Residual>
-          <<<grid, kWarpRowThreads, 0, stream>>>(x, residual, weight, rows, dim, eps, out);
+      return detail::LaunchProgrammatic(RmsNormKernel<32, 8, Residual>, dim3(grid), dim3(kWarpRowThreads), 0,
+                                        stream, x, residual, weight, rows, dim, eps, out);
     }
-  } else if (vectorized) {
-    RmsNormKernel<kBlockRowThreads, 8, Residual>
-        <<<rows, kBlockRowThreads, 0, stream>>>(x, residual, weight, rows, dim, eps, out);
-  } else {
-    RmsNormKernel<kBlockRowThreads, 1, Residual>
-        <<<rows, kBlockRowThreads, 0, stream>>>(x, residual, weight, rows, dim, eps, out);
+    return detail::LaunchProgrammatic(RmsNormKernel<32, 1, Residual>, dim3(grid), dim3(kWarpRowThreads), 0, stream,
+                                      x, residual, weight, rows, dim, eps, out);
   }
-  return cudaGetLastError();
+  if (vectorized) {
+    return detail::LaunchProgrammatic(RmsNormKernel<kBlockRowThreads, 8, Residual>, dim3(rows),
+                                      dim3(kBlockRowThreads), 0, stream, x, residual, weight, rows, dim, eps, out);
+  }
+  return detail::LaunchProgrammatic(RmsNormKernel<kBlockRowThreads, 1, Residual>, dim3(rows),
+                                    dim3(kBlockRowThreads), 0, stream, x, residual, weight, rows, dim, eps, out);
 }
 
 }  // namespace

@@ -100,7 +100,7 @@ struct AttentionSmem {
 // the partial result goes to the workspace.
 template <int kHeadDim, int kMaxGroup>
 __global__ void __launch_bounds__(kThreads) SparseAttentionKernel(AttentionArgs a) {
-  detail::LetDependentGridsLaunch();  // a decode GEMM after this kernel may start (gemm.h)
+  detail::LetDependentGridsLaunch();  // the decode GEMM after this kernel may start (kernels/launch.h)
   using KFrag = RowFragment<kHeadDim>;
   constexpr int kKeySteps = kChunk / (kWarps * KFrag::kKeysPerWarp);
   constexpr int kValueLanes = kHeadDim / 8;  // lanes per value row, 8 dimensions each
@@ -252,7 +252,7 @@ __global__ void __launch_bounds__(kThreads) SparseAttentionKernel(AttentionArgs 
 
 // One CTA per query head: merges the chunks' partial results into the output.
 __global__ void CombineKernel(AttentionArgs a, int head_dim) {
-  detail::LetDependentGridsLaunch();  // a decode GEMM after this kernel may start (gemm.h)
+  detail::LetDependentGridsLaunch();  // the decode GEMM after this kernel may start (kernels/launch.h)
   const int64_t head = blockIdx.x;  // b * num_q_heads + query head
   const int b = static_cast<int>(head / a.num_q_heads);
   const int h = static_cast<int>(head % a.num_q_heads) / a.group;
@@ -408,7 +408,7 @@ struct ReduceScatter {
 
 template <int kHeadDim, int kGroup>
 __global__ void __launch_bounds__(kThreads) GatherAttentionKernel(const Params p) {
-  detail::LetDependentGridsLaunch();  // a decode GEMM after this kernel may start (gemm.h)
+  detail::LetDependentGridsLaunch();  // the decode GEMM after this kernel may start (kernels/launch.h)
   using T = Traits<kHeadDim, kGroup>;
   using Reduce = ReduceScatter<T::kScores, T::kLanesPerKey>;
   constexpr int kHeld = Reduce::kOut;
@@ -650,7 +650,7 @@ __global__ void __launch_bounds__(kThreads) GatherAttentionKernel(const Params p
 template <int kHeadDim>
 __global__ void CombineSplitsKernel(const float* __restrict__ partial_out, const float* __restrict__ partial_lse,
                                     int num_heads, int num_splits, __nv_bfloat16* __restrict__ out) {
-  detail::LetDependentGridsLaunch();  // a decode GEMM after this kernel may start (gemm.h)
+  detail::LetDependentGridsLaunch();  // the decode GEMM after this kernel may start (kernels/launch.h)
   constexpr int kDimsPerLane = kHeadDim / 32;
   const int64_t head = int64_t{blockIdx.x} * (blockDim.x / 32) + threadIdx.x / 32;
   if (head >= num_heads) return;

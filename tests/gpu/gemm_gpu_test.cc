@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "kernels/activation.h"
+#include "kernels/launch.h"
 #include "tests/gpu/model_kernels_gpu_util.h"
 
 namespace asyncspade::kernels {
@@ -349,7 +350,7 @@ INSTANTIATE_TEST_SUITE_P(
 // rows with x its last m, so it is still running when the GEMV's CTAs arrive.
 TEST(GemvProgrammaticLaunchGpuTest, WaitsForTheKernelThatWritesX) {
   SKIP_WITHOUT_CUDA_DEVICE();
-  ASSERT_TRUE(cuda::GemvProgrammaticLaunch()) << "on by default";
+  ASSERT_TRUE(cuda::ProgrammaticLaunch()) << "on by default";
   constexpr size_t kRows = 4096;
   constexpr int kInter = 4096, kN = 4096;
   std::mt19937 rng(4242);

@@ -20,7 +20,7 @@
 // the token drawn on the device, no logits copied (what the engine now does); "host-sample" = the
 // logits row copied and sampled with kernels::cpu::Sample (the engine before), included in
 // wall_ms; both draw with temperature 0.7, top_p 0.95 (the host's full-vocabulary sort);
-// ",no-pdl" = the GEMV kernel launched the ordinary way (kernels::cuda::SetGemvProgrammaticLaunch).
+// ",no-pdl" = every kernel launched the ordinary way (kernels::cuda::SetProgrammaticLaunch, kernels/launch.h).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -40,7 +40,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/config/random_weight_presets.h"
-#include "kernels/gemm.h"
+#include "kernels/launch.h"
 #include "kernels/sampling.h"
 #include "nlohmann/json.hpp"
 #include "services/decode_worker/model/cuda/cuda_model_runner.h"
@@ -273,8 +273,8 @@ class Bench {
       row.variant += ",sum";
     }
     absl::Status switched = runner_->set_fuse_decode_kernels(fused);
-    if (switched.ok() && programmatic != kernels::cuda::GemvProgrammaticLaunch()) {
-      kernels::cuda::SetGemvProgrammaticLaunch(programmatic);
+    if (switched.ok() && programmatic != kernels::cuda::ProgrammaticLaunch()) {
+      kernels::cuda::SetProgrammaticLaunch(programmatic);
       switched = runner_->ClearGraphs();  // the captured graphs hold the other launch mode
     }
     if (!switched.ok()) {

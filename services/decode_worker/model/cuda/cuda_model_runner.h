@@ -129,7 +129,7 @@ class CudaModelRunner : public ModelRunner {
   absl::Status set_fuse_decode_kernels(bool enabled);
   bool fuse_decode_kernels() const { return options_.fuse_decode_kernels; }
   // Drops every captured decode graph (the next steps capture again), e.g. after a process-wide
-  // launch mode changed (kernels::cuda::SetGemvProgrammaticLaunch).
+  // launch mode changed (kernels::cuda::SetProgrammaticLaunch).
   absl::Status ClearGraphs();
   bool cuda_graphs() const { return options_.cuda_graphs; }
   // Stage profiling runs every step eagerly with events around the stages (slower; for the

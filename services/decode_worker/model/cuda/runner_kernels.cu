@@ -381,6 +381,8 @@ __global__ void __launch_bounds__(kPrepThreads)
                      const int64_t* __restrict__ slots, kernels::PagedKvLayout layout, __nv_bfloat16* __restrict__ q,
                      __nv_bfloat16* __restrict__ k_cache, __nv_bfloat16* __restrict__ v_cache,
                      __nv_bfloat16* __restrict__ quest_bounds) {
+  detail::WaitForPrecedingGrid();     // launched programmatically (kernels/launch.h)
+  detail::LetDependentGridsLaunch();  // the attention after it may start
   __shared__ float cos_table[kPrepMaxHalf];
   __shared__ float sin_table[kPrepMaxHalf];
   const int64_t token = blockIdx.x;
@@ -478,15 +480,14 @@ cudaError_t QkvPrepareAndAppend(const __nv_bfloat16* qkv, int num_tokens, int nu
   const int warps = kPrepThreads / 32;
   const dim3 grid(num_tokens, std::min((heads + warps - 1) / warps, 65535));
   if (q_norm_weight != nullptr) {
-    QkvPrepareKernel<true><<<grid, kPrepThreads, 0, stream>>>(qkv, num_q_heads, num_kv_heads, head_dim, q_norm_weight,
-                                                             k_norm_weight, eps, positions, inv_freq, slots, layout, q,
-                                                             k_cache, v_cache, quest_bounds);
-  } else {
-    QkvPrepareKernel<false><<<grid, kPrepThreads, 0, stream>>>(qkv, num_q_heads, num_kv_heads, head_dim, nullptr,
-                                                              nullptr, 0.0f, positions, inv_freq, slots, layout, q,
-                                                              k_cache, v_cache, quest_bounds);
+    return detail::LaunchProgrammatic(QkvPrepareKernel<true>, grid, dim3(kPrepThreads), 0, stream, qkv, num_q_heads,
+                                      num_kv_heads, head_dim, q_norm_weight, k_norm_weight, eps, positions, inv_freq,
+                                      slots, layout, q, k_cache, v_cache, quest_bounds);
   }
-  return cudaGetLastError();
+  return detail::LaunchProgrammatic(QkvPrepareKernel<false>, grid, dim3(kPrepThreads), 0, stream, qkv, num_q_heads,
+                                    num_kv_heads, head_dim, static_cast<const __nv_bfloat16*>(nullptr),
+                                    static_cast<const __nv_bfloat16*>(nullptr), 0.0f, positions, inv_freq, slots,
+                                    layout, q, k_cache, v_cache, quest_bounds);
 }
 
 cudaError_t QuestBuildSparseIndices(const int32_t* pages, int num_seqs, int num_kv_heads, int pages_per_row,
