@@ -104,6 +104,10 @@ std::vector<GemvConfig> GemvCandidateConfigs(int m, int n, int k, size_t max_wor
 size_t GemvWorkspaceBytes(const GemvConfig& config, int m, int n);
 // cudaErrorInvalidValue for an unsupported shape/config, a misaligned x or w, a null y, an x slice
 // larger than the device's shared memory, or a small workspace.
+// Launched with programmatic dependent launch (kernels/launch.h): the kernel reads its first round
+// of w BEFORE it waits for the kernel ahead of it in the stream, so w must be complete before the
+// launch (weights are: written once, at load). x, bias, y and the workspace are touched only after
+// the wait.
 cudaError_t Gemv(const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* bias, int m,
                  int n, int k, const GemvConfig& config, void* workspace, size_t workspace_bytes,
                  __nv_bfloat16* y, cudaStream_t stream);
@@ -179,7 +183,9 @@ class CublasLtGemm {
   int num_plans() const;
 
   // y = x · wᵀ (+ bias when `bias` is not null) on `stream`. FailedPrecondition if the shape was
-  // not planned; InvalidArgument for a misaligned pointer; Internal if cuBLASLt fails.
+  // not planned; InvalidArgument for a misaligned pointer; Internal if cuBLASLt fails. `w` must
+  // not be written by work still pending on `stream` (the GEMV backend starts reading it early:
+  // see Gemv).
   absl::Status Run(const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* bias, int m,
                    int n, int k, __nv_bfloat16* y, cudaStream_t stream);
 
