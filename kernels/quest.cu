@@ -4,6 +4,7 @@
 #include "kernels/bf16_utils.cuh"
 #include "kernels/cuda_utils.cuh"
 #include "kernels/quest.h"
+#include "kernels/warp_reduce.cuh"
 
 namespace asyncspade::kernels::cuda {
 namespace {
@@ -175,55 +176,7 @@ constexpr int kStages = 3;
 constexpr int kChunkPages = 512;
 static_assert(kChunkPages % (kWarps * kPagesPerWarpStep) == 0, "chunks are whole CTA steps");
 
-constexpr int Log2(int x) { return x <= 1 ? 0 : 1 + Log2(x / 2); }
-constexpr int TrailingZeros(int x) { return (x & 1) != 0 ? 0 : 1 + TrailingZeros(x >> 1); }
-
-// pred ? a : b through PTX selp (a C++ select of array elements can send the array to local memory).
-__device__ __forceinline__ float SelectFloat(bool pred, float a, float b) {
-  float result;
-  asm("{\n\t.reg .pred p;\n\tsetp.ne.u32 p, %3, 0;\n\tselp.f32 %0, %1, %2, p;\n\t}"
-      : "=f"(result)
-      : "f"(a), "f"(b), "r"(static_cast<uint32_t>(pred)));
-  return result;
-}
-
-// Sums kN values per lane over groups of kLanes consecutive lanes: reduce-scatter while kN can be
-// halved (one shuffle per value moved), then all-reduce. Afterwards vals[0, kOut) are the complete
-// sums of entries [base, base + kOut) of the original array, `base` being the return value.
-template <int kN, int kLanes>
-struct ReduceScatter {
-  static constexpr int kScatterSteps = Log2(kLanes) < TrailingZeros(kN) ? Log2(kLanes) : TrailingZeros(kN);
-  static constexpr int kOut = kN >> kScatterSteps;
-
-  __device__ __forceinline__ static int Run(float (&vals)[kN], int lane) {
-    int base = 0;
-    Scatter<0>(vals, lane, base);
-#pragma unroll
-    for (int offset = kLanes >> (kScatterSteps + 1); offset > 0; offset >>= 1) {
-#pragma unroll
-      for (int i = 0; i < kOut; ++i) vals[i] += __shfl_xor_sync(selection::kFullMask, vals[i], offset);
-    }
-    return base;
-  }
-
- private:
-  template <int kStep>
-  __device__ __forceinline__ static void Scatter(float (&vals)[kN], int lane, int& base) {
-    if constexpr (kStep < kScatterSteps) {
-      constexpr int kOffset = kLanes >> (kStep + 1);
-      constexpr int kHalf = kN >> (kStep + 1);
-      const bool upper = (lane & kOffset) != 0;
-#pragma unroll
-      for (int i = 0; i < kHalf; ++i) {
-        const float send = SelectFloat(upper, vals[i], vals[i + kHalf]);
-        const float keep = SelectFloat(upper, vals[i + kHalf], vals[i]);
-        vals[i] = keep + __shfl_xor_sync(selection::kFullMask, send, kOffset);
-      }
-      if (upper) base += kHalf;
-      Scatter<kStep + 1>(vals, lane, base);
-    }
-  }
-};
+using detail::ReduceScatter;  // kernels/warp_reduce.cuh
 
 template <int kHeadDim>
 struct Traits {
