@@ -2,20 +2,19 @@
 // controller, serves DecodeWorkerService (the controller routes generation requests here) and talks
 // to its KV selectors over the data plane. Started by `asyncspade launch`; see docs/processes.md.
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include <pthread.h>
 
-#include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "common/config/deployment_config.h"
 #include "common/shutdown_signals.h"
 #include "glog/logging.h"
 #include "kernels/gemm.h"
 #include "services/decode_worker/service/decode_worker.h"
-#include "tools/cli/args.h"
+#include "tools/cli/member_flags.h"
 
 namespace asyncspade {
 namespace {
@@ -23,66 +22,23 @@ namespace {
 constexpr int kExitUsage = 2;
 constexpr int kExitFailure = 1;
 
-const std::vector<cli::FlagSpec>& Flags() {
-  static const std::vector<cli::FlagSpec> flags = {
-      {"config", true, "deployment YAML (required; the same file the launcher and controller use)"},
-      {"controller", true, "HOST:PORT of the controller's gRPC endpoint (required)"},
-      {"id", true, "member id, unique in the deployment (required), e.g. decode-worker-0"},
-      {"host", true, "address to listen on for gRPC and the data plane (default 127.0.0.1)"},
-      {"port", true, "gRPC port (default 0: any free port)"},
-      {"devices", true, "cpu (default) or GPU ids; this build serves on the CPU"},
-      {"help", false, "print this help"},
-  };
-  return flags;
-}
-
-std::string Usage() {
-  std::string out = "usage: asyncspade-decode-worker --config FILE.yaml --controller HOST:PORT --id NAME [flags]\n";
-  for (const cli::FlagSpec& f : Flags()) {
-    absl::StrAppend(&out, "  --", f.name, f.takes_value ? " VALUE" : "", "\n      ", f.help, "\n");
-  }
-  return out;
-}
+constexpr cli::MemberProgram kProgram = {
+    "asyncspade-decode-worker", "decode-worker-0",
+    "cpu (default) or GPU ids, e.g. 0,1 (tensor parallel over them; needs a CUDA build)"};
 
 int Run(int argc, char** argv) {
-  absl::StatusOr<cli::Args> args = cli::Args::Parse(argc, argv, 1, Flags());
-  if (!args.ok()) {
-    std::fprintf(stderr, "asyncspade-decode-worker: %s\n%s", std::string(args.status().message()).c_str(), Usage().c_str());
-    return kExitUsage;
-  }
-  if (args->Has("help")) {
-    std::fputs(Usage().c_str(), stdout);
-    return 0;
-  }
-  for (const char* required : {"config", "controller", "id"}) {
-    if (!args->Has(required)) {
-      std::fprintf(stderr, "asyncspade-decode-worker: --%s is required\n%s", required, Usage().c_str());
-      return kExitUsage;
-    }
-  }
-  if (!args->positional().empty()) {
-    std::fprintf(stderr, "asyncspade-decode-worker: unexpected argument '%s'\n%s", args->positional()[0].c_str(),
-                 Usage().c_str());
-    return kExitUsage;
-  }
-  absl::StatusOr<std::optional<int64_t>> port = args->GetInt("port");
-  if (!port.ok() || (port->has_value() && (**port < 0 || **port > 65535))) {
-    std::fprintf(stderr, "asyncspade-decode-worker: --port must be a port number in [0, 65535]\n");
-    return kExitUsage;
-  }
-  absl::StatusOr<DeploymentConfig> deployment = LoadDeploymentConfig(*args->Get("config"));
-  if (!deployment.ok()) {
-    std::fprintf(stderr, "asyncspade-decode-worker: %s\n", std::string(deployment.status().message()).c_str());
-    return kExitUsage;
-  }
+  int exit_code = 0;
+  std::optional<cli::MemberFlags> flags = cli::ParseMemberFlags(argc, argv, kProgram, &exit_code);
+  if (!flags) return exit_code;
+  const DeploymentConfig& deployment = flags->deployment;
 
   DecodeWorkerOptions options;
-  options.deployment = *deployment;
-  options.controller_address = *args->Get("controller");
-  options.member_id = *args->Get("id");
-  options.host = args->GetOr("host", "127.0.0.1");
-  options.port = static_cast<int>(port->value_or(0));
-  options.devices = absl::StrSplit(args->GetOr("devices", "cpu"), ',', absl::SkipEmpty());
+  options.deployment = deployment;
+  options.controller_address = flags->controller_address;
+  options.member_id = flags->member_id;
+  options.host = flags->host;
+  options.port = flags->port;
+  options.devices = flags->devices;
   absl::StatusOr<std::unique_ptr<DecodeWorker>> worker = DecodeWorker::Create(options);
   if (!worker.ok()) {
     std::fprintf(stderr, "asyncspade-decode-worker: %s\n", std::string(worker.status().message()).c_str());
@@ -94,7 +50,7 @@ int Run(int argc, char** argv) {
   }
 
   const int signal_number = ShutdownSignals::Wait();
-  const absl::Duration drain_timeout = absl::Seconds(deployment->lifecycle.drain_timeout_s);
+  const absl::Duration drain_timeout = absl::Seconds(deployment.lifecycle.drain_timeout_s);
   LOG(INFO) << "decode worker " << options.member_id << ": " << ShutdownSignals::Name(signal_number)
             << ": finishing the requests in flight (up to " << absl::FormatDuration(drain_timeout)
             << "), then deregistering (send the signal again to stop at once)";
