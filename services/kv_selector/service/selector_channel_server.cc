@@ -30,6 +30,16 @@ absl::StatusOr<kernels::GroupAggregation> AggregationOf(sv1::ScoreAggregation ag
   return absl::InvalidArgumentError(absl::StrCat("aggregation ", static_cast<int>(aggregation), " is unknown"));
 }
 
+// GOODBYE with the reason (sequence_id -1: the whole link). Best effort: the channel may be gone.
+void SayGoodbye(data_plane::Channel& channel, const std::string& why) {
+  sv1::Error goodbye;
+  goodbye.set_sequence_id(-1);
+  goodbye.set_message(why);
+  const selector_wire::Parts parts = selector_wire::Encode(goodbye);
+  const data_plane::Buffer buffer{parts[0].data(), parts[0].size()};
+  channel.Send(sv1::MESSAGE_TAG_GOODBYE, {&buffer, 1}).IgnoreError();
+}
+
 }  // namespace
 
 SelectorChannelServer::SelectorChannelServer(control::v1::SelectorLink link, SelectorChannelOptions options)
@@ -53,22 +63,21 @@ void SelectorChannelServer::Stop(const std::string& why) {
   {
     absl::MutexLock lock(&mutex_);
     if (stop_reason_.empty()) stop_reason_ = why;
-    if (!stop_.HasBeenNotified()) stop_.Notify();
     if (channel_ != nullptr && !said_goodbye_ && !ended_) {
       said_goodbye_ = true;
       goodbye_channel = channel_.get();  // lives as long as this object
     }
   }
-  if (goodbye_channel != nullptr) {
-    sv1::Error goodbye;
-    goodbye.set_sequence_id(-1);
-    goodbye.set_message(why);
-    const selector_wire::Parts parts = selector_wire::Encode(goodbye);
-    const data_plane::Buffer buffer{parts[0].data(), parts[0].size()};
-    goodbye_channel->Send(sv1::MESSAGE_TAG_GOODBYE, {&buffer, 1}).IgnoreError();
-    // Also unblocks the serving thread's Recv.
-    goodbye_channel->Close();
+  // The goodbye goes out before the serving thread learns of the stop: once it does, it closes
+  // the channel itself, and a goodbye sent after that would be lost (the worker would see only
+  // the dropped channel). Without a published channel yet, the serving thread says it (Run).
+  if (goodbye_channel != nullptr) SayGoodbye(*goodbye_channel, why);
+  {
+    absl::MutexLock lock(&mutex_);
+    if (!stop_.HasBeenNotified()) stop_.Notify();
   }
+  // Also unblocks the serving thread's Recv.
+  if (goodbye_channel != nullptr) goodbye_channel->Close();
   if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
 }
 
@@ -123,7 +132,12 @@ void SelectorChannelServer::Run() {
   {
     absl::MutexLock lock(&mutex_);
     if (channel == nullptr || stop_.HasBeenNotified()) {
-      if (channel != nullptr) channel->Close();
+      if (channel != nullptr) {
+        // Stopped while connecting: Stop() found no channel to say goodbye on.
+        SayGoodbye(*channel, stop_reason_);
+        channel->Close();
+      }
+      said_goodbye_ = true;
       ended_ = true;
       return;
     }
@@ -158,12 +172,18 @@ void SelectorChannelServer::Run() {
     }
   }
   // No query state lives here and the keys are the worker's: dropping them is all the cleanup.
+  // A stop Stop() could not say goodbye for (it found no channel yet) is said here.
+  bool say_goodbye = false;
+  std::string goodbye_reason;
   {
     absl::MutexLock lock(&mutex_);
     index_.reset();
+    say_goodbye = stop_.HasBeenNotified() && !said_goodbye_;
+    goodbye_reason = stop_reason_;
     said_goodbye_ = true;
     ended_ = true;
   }
+  if (say_goodbye) SayGoodbye(*serving_channel_, goodbye_reason);
   serving_channel_->Close();
 }
 
