@@ -1,99 +1,18 @@
 // The `asyncspade launch` binary with the real processes: SIGTERM stops every process it started
 // (no orphans: each pid is checked) and it exits 0; a SIGKILLed launcher takes its children with it
 // (PR_SET_PDEATHSIG).
-#include <fcntl.h>
 #include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <map>
-#include <regex>
+#include <thread>
 
 #include "gtest/gtest.h"
+#include "tests/integration/launch_process.h"
 #include "tests/integration/test_deployment.h"
-
-extern char** environ;
 
 namespace asyncspade::testing {
 namespace {
-
-struct LaunchProcess {
-  pid_t pid = 0;
-  int stdout_fd = -1;
-  std::string stderr_path;
-};
-
-LaunchProcess SpawnLaunch(const std::vector<std::string>& args, const std::string& stderr_path) {
-  std::vector<std::string> storage = {absl::StrCat(BinaryDir(), "/asyncspade"), "launch"};
-  storage.insert(storage.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& s : storage) argv.push_back(s.data());
-  argv.push_back(nullptr);
-  // TMPDIR: the launcher's own temporary directory lands in the test's, even if it is SIGKILLed.
-  std::vector<std::string> env_storage = {
-      absl::StrCat("TMPDIR=", std::filesystem::path(stderr_path).parent_path().string())};
-  for (char** e = environ; *e != nullptr; ++e) {
-    if (std::string(*e).rfind("TMPDIR=", 0) != 0) env_storage.emplace_back(*e);
-  }
-  std::vector<char*> envp;
-  for (std::string& s : env_storage) envp.push_back(s.data());
-  envp.push_back(nullptr);
-  const int err = open(stderr_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  int out[2];
-  EXPECT_EQ(pipe2(out, O_CLOEXEC), 0);
-  LaunchProcess p;
-  p.stderr_path = stderr_path;
-  p.pid = fork();
-  if (p.pid == 0) {
-    dup2(out[1], STDOUT_FILENO);
-    dup2(err, STDERR_FILENO);
-    execve(argv[0], argv.data(), envp.data());
-    _exit(127);
-  }
-  close(out[1]);
-  close(err);
-  p.stdout_fd = out[0];
-  return p;
-}
-
-std::map<std::string, std::string> ReadEndpoints(int fd) {
-  std::map<std::string, std::string> lines;
-  std::string buffer;
-  char c;
-  while (read(fd, &c, 1) == 1) {
-    if (c != '\n') {
-      buffer.push_back(c);
-      continue;
-    }
-    const size_t colon = buffer.find(": ");
-    if (colon != std::string::npos) lines[buffer.substr(0, colon)] = buffer.substr(colon + 2);
-    buffer.clear();
-    if (lines.count("grpc") > 0 && lines.count("http") > 0) break;
-  }
-  return lines;
-}
-
-std::vector<pid_t> StartedPids(const std::string& stderr_path) {
-  std::vector<pid_t> pids;
-  const std::string text = launcher::TailOfFile(stderr_path, 1000);
-  static const std::regex started(R"(started [a-z0-9-]+ \(pid ([0-9]+))");
-  for (auto it = std::sregex_iterator(text.begin(), text.end(), started); it != std::sregex_iterator(); ++it) {
-    pids.push_back(std::stoi((*it)[1].str()));
-  }
-  return pids;
-}
-
-int WaitExit(pid_t pid, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (absl::Now() < deadline) {
-    int status = 0;
-    if (waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  kill(pid, SIGKILL);
-  waitpid(pid, nullptr, 0);
-  return -1;
-}
 
 class LauncherShutdownTest : public ::testing::Test {
  protected:

@@ -3,7 +3,6 @@
 // and readiness, restart with backoff, restart: never, max_restarts, scaling selectors, drained
 // members, startup timeout and failures, SIGKILL after the grace period, the controller dying,
 // config errors, and the `asyncspade launch` binary's output, exit codes and signal handling.
-#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -16,10 +15,10 @@
 
 #include "absl/strings/numbers.h"
 #include "gtest/gtest.h"
+// stand_in_member.h first: test_deployment.h (which launch_process.h includes) aliases `control`.
 #include "tests/integration/stand_in_member.h"
 #include "tests/integration/test_deployment.h"
-
-extern char** environ;
+#include "tests/integration/launch_process.h"
 
 namespace asyncspade::testing {
 namespace {
@@ -363,89 +362,6 @@ std::string StandInBuildDir(const TempDir& dir) {
   return (fs::path(dir.path()) / "build").string();
 }
 
-struct LaunchProcess {
-  pid_t pid = 0;
-  int stdout_fd = -1;
-  std::string stderr_path;
-};
-
-LaunchProcess SpawnLaunch(const std::vector<std::string>& args, const std::string& stderr_path) {
-  // Everything is prepared before fork: the child of a threaded process may only exec.
-  std::vector<std::string> storage = {absl::StrCat(BinaryDir(), "/asyncspade"), "launch"};
-  storage.insert(storage.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& s : storage) argv.push_back(s.data());
-  argv.push_back(nullptr);
-  // TMPDIR: the launcher's own temporary directory lands in the test's, even if it is SIGKILLed.
-  std::vector<std::string> env_storage = {absl::StrCat(kStandInEnv, "=1"),
-                                          absl::StrCat("TMPDIR=", fs::path(stderr_path).parent_path().string())};
-  for (char** e = environ; *e != nullptr; ++e) {
-    if (std::string(*e).rfind("TMPDIR=", 0) != 0) env_storage.emplace_back(*e);
-  }
-  std::vector<char*> envp;
-  for (std::string& s : env_storage) envp.push_back(s.data());
-  envp.push_back(nullptr);
-  const int err = open(stderr_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  int out[2];
-  EXPECT_EQ(pipe2(out, O_CLOEXEC), 0);
-  LaunchProcess p;
-  p.stderr_path = stderr_path;
-  p.pid = fork();
-  if (p.pid == 0) {
-    dup2(out[1], STDOUT_FILENO);
-    dup2(err, STDERR_FILENO);
-    execve(argv[0], argv.data(), envp.data());
-    _exit(127);
-  }
-  close(out[1]);
-  close(err);
-  p.stdout_fd = out[0];
-  return p;
-}
-
-// Reads stdout lines until `grpc:` and `http:` are seen (or EOF); returns the lines.
-std::map<std::string, std::string> ReadEndpoints(int fd) {
-  std::map<std::string, std::string> lines;
-  std::string buffer;
-  char c;
-  while (read(fd, &c, 1) == 1) {
-    if (c != '\n') {
-      buffer.push_back(c);
-      continue;
-    }
-    const size_t colon = buffer.find(": ");
-    if (colon != std::string::npos) lines[buffer.substr(0, colon)] = buffer.substr(colon + 2);
-    buffer.clear();
-    if (lines.count("grpc") > 0 && lines.count("http") > 0) break;
-  }
-  return lines;
-}
-
-// The pids of the processes the launcher reported as started, from its stderr.
-std::vector<pid_t> StartedPids(const std::string& stderr_path) {
-  std::vector<pid_t> pids;
-  const std::string text = launcher::TailOfFile(stderr_path, 1000);
-  static const std::regex started(R"(started [a-z0-9-]+ \(pid ([0-9]+))");
-  for (auto it = std::sregex_iterator(text.begin(), text.end(), started); it != std::sregex_iterator(); ++it) {
-    pids.push_back(std::stoi((*it)[1].str()));
-  }
-  return pids;
-}
-
-int WaitExit(pid_t pid, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (absl::Now() < deadline) {
-    int status = 0;
-    if (waitpid(pid, &status, WNOHANG) == pid) {
-      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    }
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  kill(pid, SIGKILL);
-  waitpid(pid, nullptr, 0);
-  return -1;
-}
-
 TEST_F(LauncherTest, LaunchBinaryPrintsEndpointsAndSigtermStopsEveryProcess) {
   StoriesYamlOptions yaml;
   yaml.selectors = 2;
@@ -453,7 +369,7 @@ TEST_F(LauncherTest, LaunchBinaryPrintsEndpointsAndSigtermStopsEveryProcess) {
   const std::string config = dir_.Write("deployment.yaml", StoriesYaml(yaml));
   const std::string build = StandInBuildDir(dir_);
   LaunchProcess launch = SpawnLaunch({config, "--build-dir", build, "--log-dir", absl::StrCat(dir_.path(), "/logs")},
-                                     absl::StrCat(dir_.path(), "/launch.stderr"));
+                                     absl::StrCat(dir_.path(), "/launch.stderr"), {absl::StrCat(kStandInEnv, "=1")});
   std::map<std::string, std::string> lines = ReadEndpoints(launch.stdout_fd);
   ASSERT_EQ(lines.count("grpc"), 1u) << launcher::TailOfFile(launch.stderr_path, 50);
   EXPECT_TRUE(std::regex_match(lines["grpc"], std::regex(R"(127\.0\.0\.1:[0-9]+)"))) << lines["grpc"];
@@ -482,7 +398,7 @@ TEST_F(LauncherTest, ChildrenDieWithAKilledLauncher) {
   const std::string config = dir_.Write("deployment.yaml", StoriesYaml(yaml));
   const std::string build = StandInBuildDir(dir_);
   LaunchProcess launch = SpawnLaunch({config, "--build-dir", build, "--log-dir", absl::StrCat(dir_.path(), "/logs")},
-                                     absl::StrCat(dir_.path(), "/launch.stderr"));
+                                     absl::StrCat(dir_.path(), "/launch.stderr"), {absl::StrCat(kStandInEnv, "=1")});
   std::map<std::string, std::string> lines = ReadEndpoints(launch.stdout_fd);
   ASSERT_EQ(lines.count("grpc"), 1u) << launcher::TailOfFile(launch.stderr_path, 50);
   const std::vector<pid_t> pids = StartedPids(launch.stderr_path);
