@@ -1,6 +1,7 @@
 #include "tools/cli/args.h"
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 
 #include "absl/strings/numbers.h"
@@ -86,11 +87,35 @@ absl::StatusOr<std::optional<double>> Args::GetDouble(const std::string& name) c
 
 std::string Args::Usage(const std::string& command, const std::string& synopsis,
                         const std::vector<FlagSpec>& specs) {
-  std::string out = absl::StrCat("usage: asyncspade ", command, " ", synopsis, "\n");
+  return absl::StrCat("usage: asyncspade ", command, " ", synopsis, "\n", FlagHelp(specs));
+}
+
+std::string Args::FlagHelp(const std::vector<FlagSpec>& specs) {
+  std::string out;
   for (const auto& s : specs) {
     absl::StrAppend(&out, "  --", s.name, s.takes_value ? " VALUE" : "", "\n      ", s.help, "\n");
   }
   return out;
+}
+
+std::optional<Args> ParseCommandArgs(int argc, char** argv, const std::string& command, const std::string& synopsis,
+                                     const std::vector<FlagSpec>& specs, int* exit_code,
+                                     const std::string& extra_help) {
+  absl::StatusOr<Args> args = Args::Parse(argc, argv, 1, specs);
+  if (!args.ok()) {
+    std::fprintf(stderr, "asyncspade %s: %s\n%s", command.c_str(), std::string(args.status().message()).c_str(),
+                 Args::Usage(command, synopsis, specs).c_str());
+    *exit_code = 2;
+    return std::nullopt;
+  }
+  if (args->Has("help")) {
+    std::fputs(Args::Usage(command, synopsis, specs).c_str(), stdout);
+    std::fputs(extra_help.c_str(), stdout);
+    *exit_code = 0;
+    return std::nullopt;
+  }
+  *exit_code = 0;
+  return *std::move(args);
 }
 
 absl::StatusOr<std::vector<int32_t>> ParseIdList(const std::string& text) {

@@ -33,11 +33,20 @@ class Args {
 
   static std::string Usage(const std::string& command, const std::string& synopsis,
                            const std::vector<FlagSpec>& specs);
+  // The flag lines of a usage text: "  --name VALUE\n      help\n" per flag.
+  static std::string FlagHelp(const std::vector<FlagSpec>& specs);
 
  private:
   std::map<std::string, std::string> values_;
   std::vector<std::string> positional_;
 };
+
+// The usual start of a subcommand: parses argv[1..argc). nullopt means return *exit_code now:
+// 0 after --help (the usage, then `extra_help`, on stdout), 2 after a parse error (printed as
+// "asyncspade COMMAND: message" with the usage on stderr).
+std::optional<Args> ParseCommandArgs(int argc, char** argv, const std::string& command, const std::string& synopsis,
+                                     const std::vector<FlagSpec>& specs, int* exit_code,
+                                     const std::string& extra_help = "");
 
 // Parses "1,2,3" into ids.
 absl::StatusOr<std::vector<int32_t>> ParseIdList(const std::string& text);

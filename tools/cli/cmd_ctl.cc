@@ -2,6 +2,7 @@
 // plane: `status` (every process, its links and load), `drain MEMBER`, `scale selectors N`.
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -149,16 +150,9 @@ int Failed(const absl::Status& status, const std::string& endpoint) {
 }
 
 int CtlCommand(int argc, char** argv) {
-  auto args = Args::Parse(argc, argv, 1, CtlFlags());
-  if (!args.ok()) {
-    std::fprintf(stderr, "asyncspade ctl: %s\n%s", std::string(args.status().message()).c_str(),
-                 Args::Usage("ctl", kSynopsis, CtlFlags()).c_str());
-    return 2;
-  }
-  if (args->Has("help")) {
-    std::fputs(Args::Usage("ctl", kSynopsis, CtlFlags()).c_str(), stdout);
-    return 0;
-  }
+  int exit_code = 0;
+  std::optional<Args> args = ParseCommandArgs(argc, argv, "ctl", kSynopsis, CtlFlags(), &exit_code);
+  if (!args) return exit_code;
   const char* env_endpoint = std::getenv("ASYNCSPADE_ENDPOINT");
   const std::string endpoint =
       args->GetOr("endpoint", env_endpoint != nullptr && *env_endpoint != '\0' ? env_endpoint : kDefaultEndpoint);

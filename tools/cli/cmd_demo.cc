@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -91,16 +92,9 @@ absl::StatusOr<std::string> WriteEmbeddedDeployment(const std::string& directory
 }
 
 int DemoCommand(int argc, char** argv) {
-  auto args = Args::Parse(argc, argv, 1, DemoFlags());
-  if (!args.ok()) {
-    std::fprintf(stderr, "asyncspade demo: %s\n%s", std::string(args.status().message()).c_str(),
-                 Args::Usage("demo", kSynopsis, DemoFlags()).c_str());
-    return 2;
-  }
-  if (args->Has("help")) {
-    std::fputs(Args::Usage("demo", kSynopsis, DemoFlags()).c_str(), stdout);
-    return 0;
-  }
+  int exit_code = 0;
+  std::optional<Args> args = ParseCommandArgs(argc, argv, "demo", kSynopsis, DemoFlags(), &exit_code);
+  if (!args) return exit_code;
   absl::StatusOr<std::optional<int64_t>> max_tokens = args->GetInt("max-tokens");
   if (!max_tokens.ok() || (max_tokens->has_value() && **max_tokens < 1)) {
     Say("--max-tokens must be a positive integer");
@@ -181,7 +175,7 @@ int DemoCommand(int argc, char** argv) {
         std::fflush(stdout);
       });
   std::printf("\n\n");
-  int exit_code = 0;
+  exit_code = 0;
   if (!outcome.ok()) {
     Say(absl::StrCat("generation failed: ", outcome.status().message()));
     exit_code = 1;

@@ -23,6 +23,7 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -802,16 +803,9 @@ int Eval(const EvalOptions& o) {
 }
 
 int EvalCommand(int argc, char** argv) {
-  auto args = Args::Parse(argc, argv, 1, EvalFlags());
-  if (!args.ok()) {
-    std::fprintf(stderr, "asyncspade eval: %s\n%s", std::string(args.status().message()).c_str(),
-                 Args::Usage("eval", kSynopsis, EvalFlags()).c_str());
-    return 2;
-  }
-  if (args->Has("help")) {
-    std::printf("%s", Args::Usage("eval", kSynopsis, EvalFlags()).c_str());
-    return 0;
-  }
+  int exit_code = 0;
+  std::optional<Args> args = ParseCommandArgs(argc, argv, "eval", kSynopsis, EvalFlags(), &exit_code);
+  if (!args) return exit_code;
   auto options = ParseEvalOptions(*args);
   if (!options.ok()) {
     std::fprintf(stderr, "asyncspade eval: %s\n(asyncspade eval --help lists the flags)\n",

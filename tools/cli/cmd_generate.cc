@@ -2,6 +2,7 @@
 // (GenerationService.Generate), streamed to stdout as it arrives.
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -88,16 +89,9 @@ absl::StatusOr<serving::GenerateRequest> BuildRequest(const Args& args) {
 }
 
 int GenerateCommand(int argc, char** argv) {
-  auto args = Args::Parse(argc, argv, 1, GenerateFlags());
-  if (!args.ok()) {
-    std::fprintf(stderr, "asyncspade generate: %s\n%s", std::string(args.status().message()).c_str(),
-                 Args::Usage("generate", kSynopsis, GenerateFlags()).c_str());
-    return 2;
-  }
-  if (args->Has("help")) {
-    std::fputs(Args::Usage("generate", kSynopsis, GenerateFlags()).c_str(), stdout);
-    return 0;
-  }
+  int exit_code = 0;
+  std::optional<Args> args = ParseCommandArgs(argc, argv, "generate", kSynopsis, GenerateFlags(), &exit_code);
+  if (!args) return exit_code;
   absl::StatusOr<serving::GenerateRequest> request = BuildRequest(*args);
   if (!request.ok()) {
     std::fprintf(stderr, "asyncspade generate: %s\n(asyncspade generate --help lists the flags)\n",

@@ -2,6 +2,7 @@
 // endpoints once it is ready, supervises it until SIGINT/SIGTERM, then stops everything.
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -34,19 +35,12 @@ void Say(const std::string& message) {
 }
 
 int LaunchCommand(int argc, char** argv) {
-  auto args = Args::Parse(argc, argv, 1, LaunchFlags());
-  if (!args.ok()) {
-    Say(std::string(args.status().message()));
-    std::fputs(Args::Usage("launch", kSynopsis, LaunchFlags()).c_str(), stderr);
-    return kExitUsage;
-  }
-  if (args->Has("help")) {
-    std::fputs(Args::Usage("launch", kSynopsis, LaunchFlags()).c_str(), stdout);
-    std::fputs("\nPrints `grpc: HOST:PORT` and `http: http://HOST:PORT` once every process is READY; Ctrl-C or\n"
-               "SIGTERM stops every process. docs/operations.md describes supervision and failures.\n",
-               stdout);
-    return 0;
-  }
+  int exit_code = 0;
+  std::optional<Args> args = ParseCommandArgs(
+      argc, argv, "launch", kSynopsis, LaunchFlags(), &exit_code,
+      "\nPrints `grpc: HOST:PORT` and `http: http://HOST:PORT` once every process is READY; Ctrl-C or\n"
+      "SIGTERM stops every process. docs/operations.md describes supervision and failures.\n");
+  if (!args) return exit_code;
   if (args->positional().size() != 1) {
     Say(args->positional().empty() ? "give the deployment YAML, e.g. asyncspade launch deploy/local.yaml"
                                     : absl::StrCat("unexpected argument '", args->positional()[1],

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -208,16 +209,9 @@ int Run(const RunOptions& o) {
 }
 
 int RunCommand(int argc, char** argv) {
-  auto args = Args::Parse(argc, argv, 1, RunFlags());
-  if (!args.ok()) {
-    std::fprintf(stderr, "asyncspade run: %s\n%s", std::string(args.status().message()).c_str(),
-                 Args::Usage("run", kSynopsis, RunFlags()).c_str());
-    return 2;
-  }
-  if (args->Has("help")) {
-    std::printf("%s", Args::Usage("run", kSynopsis, RunFlags()).c_str());
-    return 0;
-  }
+  int exit_code = 0;
+  std::optional<Args> args = ParseCommandArgs(argc, argv, "run", kSynopsis, RunFlags(), &exit_code);
+  if (!args) return exit_code;
   auto options = ParseRunOptions(*args);
   if (!options.ok()) {
     std::fprintf(stderr, "asyncspade run: %s\n(asyncspade run --help lists the flags)\n",

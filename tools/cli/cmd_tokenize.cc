@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <iostream>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -93,20 +94,14 @@ absl::StatusOr<std::string> Answer(const Tokenizer& tokenizer, const std::string
 }
 
 int TokenizeCommand(int argc, char** argv) {
-  auto args = Args::Parse(argc, argv, 1, TokenizeFlags());
-  if (!args.ok()) {
-    std::fprintf(stderr, "asyncspade tokenize: %s\n%s", std::string(args.status().message()).c_str(),
-                 Args::Usage("tokenize", kSynopsis, TokenizeFlags()).c_str());
-    return 2;
-  }
-  if (args->Has("help")) {
-    std::printf("%s", Args::Usage("tokenize", kSynopsis, TokenizeFlags()).c_str());
-    std::printf("Reads JSON lines on stdin and writes one JSON line per input line:\n"
-                "  encode: {\"text\": \"...\"} -> {\"ids\": [...]}   (no special tokens added)\n"
-                "  decode: {\"ids\": [...]} -> {\"text\": \"...\"}   (special tokens kept, unknown ids dropped)\n"
-                "Blank lines are skipped. A malformed line stops the run (exit code 1).\n");
-    return 0;
-  }
+  int exit_code = 0;
+  std::optional<Args> args = ParseCommandArgs(
+      argc, argv, "tokenize", kSynopsis, TokenizeFlags(), &exit_code,
+      "Reads JSON lines on stdin and writes one JSON line per input line:\n"
+      "  encode: {\"text\": \"...\"} -> {\"ids\": [...]}   (no special tokens added)\n"
+      "  decode: {\"ids\": [...]} -> {\"text\": \"...\"}   (special tokens kept, unknown ids dropped)\n"
+      "Blank lines are skipped. A malformed line stops the run (exit code 1).\n");
+  if (!args) return exit_code;
   if (!args->positional().empty() || !args->Has("tokenizer")) {
     std::string problem = args->positional().empty()
                               ? std::string("--tokenizer PATH is required")

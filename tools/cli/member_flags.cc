@@ -24,12 +24,8 @@ std::vector<FlagSpec> Flags(const MemberProgram& program) {
 }
 
 std::string Usage(const MemberProgram& program, const std::vector<FlagSpec>& flags) {
-  std::string out =
-      absl::StrCat("usage: ", program.name, " --config FILE.yaml --controller HOST:PORT --id NAME [flags]\n");
-  for (const FlagSpec& f : flags) {
-    absl::StrAppend(&out, "  --", f.name, f.takes_value ? " VALUE" : "", "\n      ", f.help, "\n");
-  }
-  return out;
+  return absl::StrCat("usage: ", program.name, " --config FILE.yaml --controller HOST:PORT --id NAME [flags]\n",
+                      Args::FlagHelp(flags));
 }
 
 }  // namespace
