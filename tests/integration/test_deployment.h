@@ -34,6 +34,7 @@
 #include "grpcpp/support/byte_buffer.h"
 #include "tools/launcher/controller_client.h"
 #include "tools/launcher/launcher.h"
+#include "tests/test_paths.h"
 
 namespace asyncspade::testing {
 
@@ -41,14 +42,6 @@ namespace fs = std::filesystem;
 namespace serving = ::asyncspade::serving::v1;
 namespace control = ::asyncspade::control::v1;
 
-inline std::string EnvOr(const char* name, const std::string& fallback) {
-  const char* value = std::getenv(name);
-  return value != nullptr && *value != '\0' ? std::string(value) : fallback;
-}
-
-inline std::string SharedDir() { return EnvOr("ASYNCSPADE_SHARED_DIR", ASYNCSPADE_SHARED_DIR); }
-inline std::string SourceDir() { return EnvOr("ASYNCSPADE_SOURCE_DIR", ASYNCSPADE_SOURCE_DIR); }
-inline std::string BinaryDir() { return absl::StrCat(EnvOr("ASYNCSPADE_BINARY_DIR", ASYNCSPADE_BINARY_DIR), "/bin"); }
 inline std::string Stories260KDir() { return absl::StrCat(SharedDir(), "/models/stories260K"); }
 inline std::string DemoModelDir() { return absl::StrCat(SourceDir(), "/models/SmolLM2-135M-Instruct"); }
 
@@ -72,28 +65,6 @@ inline std::string WhyNoStoriesDeployment() {
   }
   return MissingProcessBinaries();
 }
-
-// A fresh directory under $TMPDIR, removed by the destructor.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "asyncspade-test-XXXXXX").string();
-    if (mkdtemp(pattern.data()) != nullptr) path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    if (!path_.empty() && std::getenv("ASYNCSPADE_KEEP_TEST_DIRS") == nullptr) fs::remove_all(path_, ignored);
-  }
-  const std::string& path() const { return path_; }
-  std::string Write(const std::string& name, const std::string& text) const {
-    const std::string file = absl::StrCat(path_, "/", name);
-    std::ofstream(file) << text;
-    return file;
-  }
-
- private:
-  std::string path_;
-};
 
 struct StoriesYamlOptions {
   std::string model_dir;  // default: Stories260KDir()

@@ -8,6 +8,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/test_paths.h"
 
 namespace asyncspade {
 namespace {
@@ -16,36 +17,9 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-
-std::string SharedDir() {
-  const char* env = std::getenv("ASYNCSPADE_SHARED_DIR");
-  return env != nullptr ? env : ASYNCSPADE_SHARED_DIR;
-}
-
-std::string SourceDir() {
-  const char* env = std::getenv("ASYNCSPADE_SOURCE_DIR");
-  return env != nullptr ? env : ASYNCSPADE_SOURCE_DIR;
-}
-
-// A temporary model directory, removed at the end of the test.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::path(::testing::TempDir()) / "model_config_test_XXXXXX").string();
-    path_ = mkdtemp(pattern.data());
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-  void Write(const std::string& name, const std::string& text) const {
-    std::ofstream(fs::path(path_) / name) << text;
-  }
-
- private:
-  std::string path_;
-};
+using testing::SharedDir;
+using testing::SourceDir;
+using testing::TempDir;
 
 json Qwen3Json() {
   return json::parse(R"({

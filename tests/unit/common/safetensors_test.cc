@@ -12,6 +12,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/test_paths.h"
 
 namespace asyncspade {
 namespace {
@@ -20,33 +21,9 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-
-std::string SharedDir() {
-  const char* env = std::getenv("ASYNCSPADE_SHARED_DIR");
-  return env != nullptr ? env : ASYNCSPADE_SHARED_DIR;
-}
-
-std::string SourceDir() {
-  const char* env = std::getenv("ASYNCSPADE_SOURCE_DIR");
-  return env != nullptr ? env : ASYNCSPADE_SOURCE_DIR;
-}
-
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::path(::testing::TempDir()) / "safetensors_test_XXXXXX").string();
-    path_ = mkdtemp(pattern.data());
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string File(const std::string& name) const { return (fs::path(path_) / name).string(); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using testing::SharedDir;
+using testing::SourceDir;
+using testing::TempDir;
 
 void WriteBytes(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);

@@ -16,6 +16,8 @@
 #include <string>
 #include <system_error>
 
+#include "tests/test_paths.h"
+
 namespace asyncspade::data_plane::testing {
 
 // In a child, a failed check prints where and why and makes the child exit non-zero (GoogleTest
@@ -81,24 +83,6 @@ class ChildProcess {
   pid_t pid_;
 };
 
-// A fresh directory under $TMPDIR (or /tmp), removed with its contents on destruction, so that
-// tests running in parallel never share rendezvous files.
-class TempDir {
- public:
-  TempDir() {
-    const char* base = std::getenv("TMPDIR");
-    std::string pattern = std::string(base != nullptr && *base != '\0' ? base : "/tmp") +
-                          "/asyncspade_data_plane_XXXXXX";
-    if (::mkdtemp(pattern.data()) != nullptr) path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using ::asyncspade::testing::TempDir;  // tests/test_paths.h
 
 }  // namespace asyncspade::data_plane::testing

@@ -9,18 +9,9 @@
 #include <vector>
 
 #include "nlohmann/json.hpp"
+#include "tests/test_paths.h"
 
 namespace asyncspade::testing {
-
-inline std::string SharedDir() {
-  const char* env = std::getenv("ASYNCSPADE_SHARED_DIR");
-  return env != nullptr ? env : ASYNCSPADE_SHARED_DIR;
-}
-
-inline std::string SourceDir() {
-  const char* env = std::getenv("ASYNCSPADE_SOURCE_DIR");
-  return env != nullptr ? env : ASYNCSPADE_SOURCE_DIR;
-}
 
 inline std::string Qwen3TokenizerDir() { return SharedDir() + "/tokenizers/qwen3"; }
 inline std::string Stories260KDir() { return SharedDir() + "/models/stories260K"; }

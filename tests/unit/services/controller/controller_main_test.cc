@@ -19,16 +19,14 @@
 #include "grpcpp/create_channel.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/test_paths.h"
 
 extern char** environ;
 
 namespace asyncspade::controller {
 namespace {
 
-std::filesystem::path BinaryDir() {
-  const char* env = std::getenv("ASYNCSPADE_BINARY_DIR");
-  return env != nullptr ? env : ASYNCSPADE_BINARY_DIR;
-}
+using ::asyncspade::testing::BinaryDir;  // tests/test_paths.h
 
 class ControllerProcess {
  public:
@@ -70,7 +68,7 @@ class ControllerProcess {
 class ControllerMainTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    binary_ = BinaryDir() / "bin" / "asyncspade-controller";
+    binary_ = std::filesystem::path(BinaryDir()) / "asyncspade-controller";
     if (!std::filesystem::exists(binary_)) {
       GTEST_SKIP() << binary_ << " is not built; build the asyncspade-controller target first";
     }

@@ -13,18 +13,9 @@
 
 #include "nlohmann/json.hpp"
 #include "services/decode_worker/model/cpu_model_weights.h"
+#include "tests/test_paths.h"
 
 namespace asyncspade::testing {
-
-inline std::string SharedDir() {
-  if (const char* env = std::getenv("ASYNCSPADE_SHARED_DIR")) return env;
-  return ASYNCSPADE_SHARED_DIR;
-}
-
-inline std::string SourceDir() {
-  if (const char* env = std::getenv("ASYNCSPADE_SOURCE_DIR")) return env;
-  return ASYNCSPADE_SOURCE_DIR;
-}
 
 inline std::string StoriesDir() { return SharedDir() + "/models/stories260K"; }
 inline bool HaveStories() { return std::filesystem::exists(StoriesDir() + "/model.safetensors"); }

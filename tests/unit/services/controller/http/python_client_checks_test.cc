@@ -21,17 +21,15 @@
 #include "services/controller/controller_metrics.h"
 #include "services/controller/http/openai_http_server.h"
 #include "tests/unit/services/controller/http/fake_generation_router.h"
+#include "tests/test_paths.h"
 
 namespace asyncspade::controller {
 namespace {
 
+using ::asyncspade::testing::SourceDir;
+
 using testing::FakeGenerationRouter;
 using testing::FakeScript;
-
-std::string SourceDir() {
-  const char* env = std::getenv("ASYNCSPADE_SOURCE_DIR");
-  return env != nullptr ? env : ASYNCSPADE_SOURCE_DIR;
-}
 
 std::string Python() {
   const char* env = std::getenv("PYTHON");

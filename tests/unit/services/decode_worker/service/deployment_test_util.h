@@ -35,11 +35,6 @@
 
 namespace asyncspade::testing {
 
-inline std::string BinaryDir() {
-  if (const char* env = std::getenv("ASYNCSPADE_BINARY_DIR")) return env;
-  return ASYNCSPADE_BINARY_DIR;
-}
-
 struct StoriesDeploymentSettings {
   std::string policy = "dense";
   int selectors = 0;
@@ -106,7 +101,7 @@ class ChildProcess {
  public:
   ChildProcess(const std::string& binary_name, const std::vector<std::string>& args, const std::string& log_path)
       : log_path_(log_path) {
-    const std::string binary = BinaryDir() + "/bin/" + binary_name;
+    const std::string binary = BinaryDir() + "/" + binary_name;
     std::vector<std::string> argv_storage = {binary};
     argv_storage.insert(argv_storage.end(), args.begin(), args.end());
     pid_ = fork();
