@@ -4,6 +4,7 @@
 #include "services/decode_worker/service/decode_worker.h"
 
 #include <future>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -46,6 +47,24 @@ class DecodeWorkerTest : public ::testing::Test {
     request.set_text(prompt.text);
     request.mutable_stop()->set_max_tokens(static_cast<int>(prompt.continuation_ids.size()));
     return request;
+  }
+
+  // Starts `request` on the worker in the background; returns once its first response arrived (the
+  // stream is then running: the test can act on it).
+  std::future<StreamResult> GenerateInBackground(const serving::v1::GenerateRequest& request) {
+    auto started = std::make_shared<std::promise<void>>();
+    std::future<void> first_response = started->get_future();
+    std::future<StreamResult> stream = std::async(std::launch::async, [this, request, started] {
+      bool signalled = false;
+      return RunGenerate(deployment_->worker_stub(), request, nullptr, [&](const serving::v1::GenerateResponse&) {
+        if (!signalled) {
+          signalled = true;
+          started->set_value();
+        }
+      });
+    });
+    first_response.wait();
+    return stream;
   }
 
   testing::StoriesGolden golden_;
@@ -167,17 +186,7 @@ TEST_F(DecodeWorkerTest, AbortEndsTheStreamWithAbortedFinal) {
   serving::v1::GenerateRequest request = TokenRequest(golden_.prompts[0].ids, 450);
   request.set_request_id("abort-me");
   request.mutable_stop()->set_ignore_eos(true);
-  std::promise<void> started;
-  bool signalled = false;
-  auto stream = std::async(std::launch::async, [&] {
-    return RunGenerate(deployment_->worker_stub(), request, nullptr, [&](const serving::v1::GenerateResponse&) {
-      if (!signalled) {
-        signalled = true;
-        started.set_value();
-      }
-    });
-  });
-  started.get_future().wait();
+  std::future<StreamResult> stream = GenerateInBackground(request);
   grpc::ClientContext context;
   serving::v1::AbortRequest abort;
   abort.set_request_id("abort-me");
@@ -249,17 +258,7 @@ TEST_F(DecodeWorkerTest, DrainFinishesRunningRequestsAndRefusesNewOnes) {
   Start(Slow());
   serving::v1::GenerateRequest request = TokenRequest(golden_.prompts[0].ids, 300);
   request.mutable_stop()->set_ignore_eos(true);
-  std::promise<void> started;
-  bool signalled = false;
-  auto stream = std::async(std::launch::async, [&] {
-    return RunGenerate(deployment_->worker_stub(), request, nullptr, [&](const serving::v1::GenerateResponse&) {
-      if (!signalled) {
-        signalled = true;
-        started.set_value();
-      }
-    });
-  });
-  started.get_future().wait();
+  std::future<StreamResult> stream = GenerateInBackground(request);
 
   grpc::ClientContext context;
   control::v1::DrainRequest drain;
@@ -299,17 +298,7 @@ TEST_F(DecodeWorkerTest, RequestsBeyondTheBatchWaitAndReportQueueTime) {
   const testing::GoldenPrompt& prompt = golden_.prompts[1];
   serving::v1::GenerateRequest long_request = TokenRequest(prompt.ids, 200);
   long_request.mutable_stop()->set_ignore_eos(true);
-  std::promise<void> started;
-  bool signalled = false;
-  auto first = std::async(std::launch::async, [&] {
-    return RunGenerate(deployment_->worker_stub(), long_request, nullptr, [&](const serving::v1::GenerateResponse&) {
-      if (!signalled) {
-        signalled = true;
-        started.set_value();
-      }
-    });
-  });
-  started.get_future().wait();
+  std::future<StreamResult> first = GenerateInBackground(long_request);
   // The batch holds one sequence: this one waits until the first has generated its 200 tokens.
   StreamResult second = RunGenerate(deployment_->worker_stub(), TokenRequest(prompt.ids, 48));
   StreamResult running = first.get();
