@@ -36,14 +36,17 @@ constexpr size_t kDeviceAlignment = 256;
 
 inline size_t AlignUp(size_t x, size_t alignment) { return (x + alignment - 1) / alignment * alignment; }
 
-// Device memory from cudaMalloc on the current device, freed on destruction.
-class DeviceMemory {
+// An owning pointer to `bytes` of CUDA-allocated memory, released with `kRelease` (cudaFree or
+// cudaFreeHost) on destruction; movable, not copyable. DeviceMemory and PinnedMemory add how
+// they allocate.
+template <cudaError_t (*kRelease)(void*)>
+class CudaAllocation {
  public:
-  DeviceMemory() = default;
-  ~DeviceMemory() { Reset(); }
-  DeviceMemory(DeviceMemory&& other) noexcept
+  CudaAllocation() = default;
+  ~CudaAllocation() { Reset(); }
+  CudaAllocation(CudaAllocation&& other) noexcept
       : ptr_(std::exchange(other.ptr_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
-  DeviceMemory& operator=(DeviceMemory&& other) noexcept {
+  CudaAllocation& operator=(CudaAllocation&& other) noexcept {
     if (this != &other) {
       Reset();
       ptr_ = std::exchange(other.ptr_, nullptr);
@@ -51,9 +54,31 @@ class DeviceMemory {
     }
     return *this;
   }
-  DeviceMemory(const DeviceMemory&) = delete;
-  DeviceMemory& operator=(const DeviceMemory&) = delete;
+  CudaAllocation(const CudaAllocation&) = delete;
+  CudaAllocation& operator=(const CudaAllocation&) = delete;
 
+  void* get() const { return ptr_; }
+  size_t size() const { return bytes_; }
+  template <typename T>
+  T* at(size_t offset) const {
+    return reinterpret_cast<T*>(static_cast<char*>(ptr_) + offset);
+  }
+
+ protected:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+
+ private:
+  void Reset() {
+    if (ptr_ != nullptr) kRelease(ptr_);
+    ptr_ = nullptr;
+    bytes_ = 0;
+  }
+};
+
+// Device memory from cudaMalloc on the current device, freed on destruction.
+class DeviceMemory : public CudaAllocation<cudaFree> {
+ public:
   // RESOURCE_EXHAUSTED naming `what` and the size when the device is full.
   static absl::StatusOr<DeviceMemory> Allocate(size_t bytes, const std::string& what) {
     DeviceMemory memory;
@@ -73,43 +98,12 @@ class DeviceMemory {
     memory.bytes_ = bytes;
     return memory;
   }
-
-  void* get() const { return ptr_; }
-  size_t size() const { return bytes_; }
-  template <typename T>
-  T* at(size_t offset) const {
-    return reinterpret_cast<T*>(static_cast<char*>(ptr_) + offset);
-  }
-
- private:
-  void Reset() {
-    if (ptr_ != nullptr) cudaFree(ptr_);
-    ptr_ = nullptr;
-    bytes_ = 0;
-  }
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
 };
 
 // Page-locked host memory (cudaHostAlloc), so that copies to and from the device are true DMA and
 // asynchronous with respect to the host.
-class PinnedMemory {
+class PinnedMemory : public CudaAllocation<cudaFreeHost> {
  public:
-  PinnedMemory() = default;
-  ~PinnedMemory() { Reset(); }
-  PinnedMemory(PinnedMemory&& other) noexcept
-      : ptr_(std::exchange(other.ptr_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
-  PinnedMemory& operator=(PinnedMemory&& other) noexcept {
-    if (this != &other) {
-      Reset();
-      ptr_ = std::exchange(other.ptr_, nullptr);
-      bytes_ = std::exchange(other.bytes_, 0);
-    }
-    return *this;
-  }
-  PinnedMemory(const PinnedMemory&) = delete;
-  PinnedMemory& operator=(const PinnedMemory&) = delete;
-
   static absl::StatusOr<PinnedMemory> Allocate(size_t bytes, const std::string& what) {
     PinnedMemory memory;
     if (bytes == 0) return memory;
@@ -123,22 +117,6 @@ class PinnedMemory {
     memory.bytes_ = bytes;
     return memory;
   }
-
-  void* get() const { return ptr_; }
-  size_t size() const { return bytes_; }
-  template <typename T>
-  T* at(size_t offset) const {
-    return reinterpret_cast<T*>(static_cast<char*>(ptr_) + offset);
-  }
-
- private:
-  void Reset() {
-    if (ptr_ != nullptr) cudaFreeHost(ptr_);
-    ptr_ = nullptr;
-    bytes_ = 0;
-  }
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
 };
 
 // Packs arrays into one allocation: each Add() returns the array's offset (256-byte aligned, what
